@@ -1,0 +1,146 @@
+"""``fnaf-pgd``: white-box projected gradient ascent on the feature's intensities."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from attacks.random_search import RandomSearch
+from mri_audit.engine import FnafEngine, Scores
+from mri_audit.features import FeatureBatch, SliceContext
+from mri_audit.metrics import ring4
+
+
+class FnafPGD(RandomSearch):
+    """Refine the best random candidate of each slice by projected gradient ascent.
+
+    Starting from ``fnaf-rs``'s best accepted feature (same seed, same candidates), each step
+    moves the intensities by ``step_size * (max t - min t)`` along the sign of ``∂L/∂d`` and
+    projects them to ``[min t, max t]`` on the support. A step that would break information
+    preservation (``D < ε``) is undone for that slice and its step size halved, so every
+    iterate satisfies the constraint. With ``grow > 0`` the support gains, in each of the first
+    ``grow`` steps, the ring pixel where the loss rises fastest.
+
+    Args:
+        steps: gradient steps.
+        step_size: step as a fraction of the slice's intensity range.
+        grow: pixels the support may gain.
+    """
+
+    name = "fnaf-pgd"
+    needs_gradients = True
+    attack_params = RandomSearch.attack_params + ["steps", "step_size", "grow"]
+
+    def __init__(
+        self, estimator, *, steps: int = 8, step_size: float = 0.1, grow: int = 0, **kwargs
+    ):
+        self.pgd_steps, self.step_size, self.grow = steps, step_size, grow
+        super().__init__(estimator, **kwargs)
+
+    def set_params(self, **kwargs) -> None:
+        if "steps" in kwargs:
+            kwargs["pgd_steps"] = kwargs.pop("steps")
+        super().set_params(**kwargs)
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if not isinstance(self.pgd_steps, numbers.Integral) or self.pgd_steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {self.pgd_steps!r}")
+        if not isinstance(self.grow, numbers.Integral) or self.grow < 0:
+            raise ValueError(f"grow must be an integer >= 0, got {self.grow!r}")
+        if not isinstance(self.step_size, numbers.Real) or not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size!r}")
+
+    def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
+        features, scores = super()._search(ctx, engine)
+        if self.pgd_steps == 0:
+            return features, scores
+        start = self._finish(ctx, features, scores)
+        found = start.found.nonzero().squeeze(1)
+        if found.numel() == 0:
+            return features, scores
+        refined = self._ascend(ctx, engine, start.features.take(found))
+        final = engine.evaluate(ctx, refined)
+        return (
+            FeatureBatch.cat([features, refined]),
+            Scores.cat([scores, final]),
+        )
+
+    def _grown(self, f: FeatureBatch) -> FeatureBatch:
+        pad = torch.zeros(f.count, self.grow, dtype=torch.int64, device=f.rows.device)
+        return FeatureBatch(
+            torch.cat([f.rows, pad + f.rows[:, :1]], 1),
+            torch.cat([f.cols, pad + f.cols[:, :1]], 1),
+            torch.cat([f.values, pad.to(f.values.dtype) + f.values[:, :1]], 1),
+            torch.cat([f.valid, pad.bool()], 1),
+            f.slice_index,
+        )
+
+    def _ascend(self, ctx: SliceContext, engine: FnafEngine, f: FeatureBatch) -> FeatureBatch:
+        si = f.slice_index
+        lo, hi = ctx.t_min[si, None], ctx.t_max[si, None]
+        step = self.step_size * (hi - lo)
+        first_slot = f.rows.shape[1]
+        f = self._grown(f) if self.grow else f
+        h, w = ctx.target_shape
+        best = f._replace(values=f.values.detach().clone())
+        best_loss = torch.full((f.count,), -float("inf"), device=lo.device)
+        for it in range(self.pgd_steps + 1):
+            values = f.values.detach().requires_grad_(True)
+            probe = torch.zeros(f.count, h, w, device=lo.device, requires_grad=bool(self.grow))
+            loss, ip = engine.loss_with_grad(ctx, f._replace(values=values), probe=probe)
+            ok = ip >= engine.ip_epsilon
+            better = ok & (loss.detach() > best_loss)
+            best_loss = torch.where(better, loss.detach(), best_loss)
+            best = FeatureBatch(
+                *(
+                    torch.where(better[:, None], new.detach(), old)
+                    for new, old in zip(f[:4], best[:4], strict=True)
+                ),
+                si,
+            )
+            if it == self.pgd_steps:
+                break
+            inputs = [values, probe] if self.grow else [values]
+            grads = torch.autograd.grad(loss.sum(), inputs)
+            # A rejected iterate goes back to the best accepted point with half the step.
+            step = torch.where(ok[:, None], step, step / 2)
+            f = FeatureBatch(
+                *(
+                    torch.where(ok[:, None], cur, old)
+                    for cur, old in zip(f[:4], best[:4], strict=True)
+                ),
+                si,
+            )
+            base = torch.where(ok[:, None], values.detach(), best.values)
+            new_values = torch.minimum(torch.maximum(base + step * grads[0].sign(), lo), hi)
+            f = f._replace(values=new_values)
+            if self.grow and it < self.grow:
+                f = self._add_pixel(ctx, f, grads[1], slot=first_slot + it)
+        return best
+
+    def _add_pixel(
+        self, ctx: SliceContext, f: FeatureBatch, grad: torch.Tensor, slot: int
+    ) -> FeatureBatch:
+        """Add the ring pixel (inside the window) where the loss rises fastest."""
+        n, h, w = grad.shape
+        support = torch.zeros(n, h * w, dtype=torch.bool, device=grad.device)
+        lin = f.rows * w + f.cols
+        support.scatter_(1, torch.where(f.valid, lin, lin[:, :1]), True)
+        support = support.view(n, h, w)
+        win = ctx.window
+        inside = torch.zeros_like(support[0])
+        inside[win.top : win.top + win.height, win.left : win.left + win.width] = True
+        score = torch.where(ring4(support) & inside, grad, torch.full_like(grad, -float("inf")))
+        best = score.flatten(1).amax(1)
+        flat = score.flatten(1).argmax(1)
+        rows, cols, valid = f.rows.clone(), f.cols.clone(), f.valid.clone()
+        values = f.values.clone()
+        can = torch.isfinite(best) & ~valid[:, slot]
+        rows[:, slot] = torch.where(can, flat // w, rows[:, slot])
+        cols[:, slot] = torch.where(can, flat % w, cols[:, slot])
+        valid[:, slot] |= can
+        top = torch.where(f.valid, f.values, torch.full_like(f.values, -float("inf"))).amax(1)
+        values[:, slot] = torch.where(can, top, values[:, slot])
+        return FeatureBatch(rows, cols, values, valid, f.slice_index)

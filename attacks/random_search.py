@@ -1,0 +1,32 @@
+"""``fnaf-rs``: random search, the FNAF paper's attack."""
+
+from __future__ import annotations
+
+import torch
+
+from mri_audit.attack import FnafAttack
+from mri_audit.engine import FnafEngine, Scores
+from mri_audit.features import FeatureBatch, SliceContext, random_walks
+
+
+def candidate_grid(ctx: SliceContext, count: int, first: int = 0):
+    """Slice index and candidate number of ``count`` candidates per slice.
+
+    Shape:
+        returns two ``(B * count,)`` int64 tensors.
+    """
+    device = ctx.kspace.device
+    slice_index = torch.arange(ctx.num_slices, device=device).repeat_interleave(count)
+    candidate = torch.arange(first, first + count, device=device).repeat(ctx.num_slices)
+    return slice_index, candidate
+
+
+class RandomSearch(FnafAttack):
+    """Draw ``candidates`` random-walk features per slice and keep the worst accepted one."""
+
+    name = "fnaf-rs"
+
+    def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
+        slice_index, candidate = candidate_grid(ctx, self.candidates)
+        features = random_walks(ctx, slice_index, candidate, steps=self.steps, seed=self.seed)
+        return features, engine.evaluate(ctx, features)

@@ -1,0 +1,287 @@
+"""The auditor: streams slices once, attacks every model, replays features across models.
+
+For each batch of slices it builds one :class:`SliceContext`, and for every model computes the
+clean reconstruction metrics, runs every attack, then replays each model's features on every
+other model (transfer). One record per (slice, model, attack) is appended to the journal as
+soon as its batch is done, so an interrupted audit loses at most one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+from tqdm import tqdm
+
+from mri_audit.attack import AttackResult, FnafAttack, result_records
+from mri_audit.data import SliceBatch, iter_batches
+from mri_audit.engine import FnafEngine
+from mri_audit.features import SliceContext, prepare_context
+from mri_audit.journal import Journal, record_key
+from mri_audit.metrics import ssim
+from mri_audit.physics import make_mask_func, volume_seed
+from mri_audit.reconstructor import Reconstructor
+
+__all__ = ["AuditConfig", "AuditModel", "Auditor", "DEFAULT_ATTACKS"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ATTACKS = ("fnaf-rs", "fnaf-fd", "fnaf-pgd")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Every setting that changes an audit's numbers (stored in results.json)."""
+
+    accel: float = 4.0
+    center_fraction: float | None = None
+    mask_type: str = "random"
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
+    candidates: int = 11
+    feature_steps: int = 10
+    threshold: float = 1e-3
+    ip_epsilon: float = 1e-4
+    window: float = 0.375
+    insert: str = "phase"
+    seed: int = 0
+    batch_size: int = 16
+    attack_options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["attacks"] = list(self.attacks)
+        return d
+
+    def attack_kwargs(self) -> dict:
+        return {
+            "candidates": self.candidates,
+            "feature_steps": self.feature_steps,
+            "window": self.window,
+            "threshold": self.threshold,
+            "ip_epsilon": self.ip_epsilon,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+        }
+
+
+class AuditModel(NamedTuple):
+    """A model under audit: its unique display name and estimator."""
+
+    name: str
+    estimator: Reconstructor
+
+
+class Auditor:
+    """Runs an audit over a dataset.
+
+    Args:
+        models: the models (names unique).
+        dataset: slices (``SliceSample`` items).
+        config: the audit settings.
+        attack_classes: attack name -> class (from the registry).
+        journal: where records are appended (None: keep them in memory only).
+        done: keys of records already in the journal (``--resume``); their batches are skipped.
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[AuditModel],
+        dataset,
+        config: AuditConfig,
+        *,
+        attack_classes: dict[str, type[FnafAttack]],
+        journal: Journal | None = None,
+        done: set[tuple] | None = None,
+        progress: bool = True,
+    ) -> None:
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        self.models = list(models)
+        self.dataset = dataset
+        self.config = config
+        self.journal = journal
+        self.done = done or set()
+        self.progress = progress
+        self.mask_func = make_mask_func(config.mask_type, config.accel, config.center_fraction)
+        self._masks: dict[tuple[str, int], object] = {}
+        self.target_sum = None
+        self.target_count = 0
+        self.attacks = {
+            (m.name, a): attack_classes[a](
+                m.estimator, **config.attack_kwargs(), **config.attack_options.get(a, {})
+            )
+            for m in self.models
+            for a in config.attacks
+        }
+        self.engines = {
+            m.name: FnafEngine(
+                m.estimator, ip_epsilon=config.ip_epsilon, batch_size=config.batch_size
+            )
+            for m in self.models
+        }
+
+    def mask_for(self, volume: str, num_cols: int):
+        key = (volume, num_cols)
+        if key not in self._masks:
+            self._masks[key] = self.mask_func(num_cols, seed=volume_seed(volume))
+        return self._masks[key]
+
+    @property
+    def slices_per_batch(self) -> int:
+        """Slices per context: enough for two full candidate chunks."""
+        return max(1, math.ceil(2 * self.config.batch_size / self.config.candidates))
+
+    def run(self, on_batch: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        """Audit every slice; returns all records (those already done included)."""
+        bars = {
+            key: tqdm(
+                total=len(self.dataset),
+                desc=f"{key[0]} {key[1]}",
+                unit="slice",
+                position=i,
+                leave=True,
+                disable=None if self.progress else True,
+                dynamic_ncols=True,
+            )
+            for i, key in enumerate(self.attacks)
+        }
+        hits = dict.fromkeys(self.attacks, 0)
+        seen = dict.fromkeys(self.attacks, 0)
+        records: list[dict] = []
+        try:
+            for batch in iter_batches(self.dataset, self.slices_per_batch):
+                batch_records = self._run_batch(batch)
+                if batch_records is None:
+                    for bar in bars.values():
+                        bar.update(len(batch.volumes))
+                    continue
+                if self.journal is not None:
+                    self.journal.append(batch_records)
+                records.extend(batch_records)
+                if on_batch is not None:
+                    on_batch(batch_records)
+                for rec in batch_records:
+                    key = (rec["model"], rec["attack"])
+                    seen[key] += 1
+                    hits[key] += bool(rec["hit"])
+                for key, bar in bars.items():
+                    bar.update(len(batch.volumes))
+                    if seen[key]:
+                        bar.set_postfix_str(f"attack rate {hits[key] / seen[key]:.0%}")
+        finally:
+            for bar in bars.values():
+                bar.close()
+        return records
+
+    def _run_batch(self, batch: SliceBatch) -> list[dict] | None:
+        keys = [
+            (m.name, a, v, int(s))
+            for m in self.models
+            for a in self.config.attacks
+            for v, s in zip(batch.volumes, batch.slices, strict=True)
+        ]
+        self._accumulate_target(batch)
+        if all(k in self.done for k in keys):
+            return None
+        device = self.models[0].estimator.device
+        batch = batch.to(device)
+        ctx = prepare_context(
+            batch.kspace,
+            target_shape=tuple(batch.target.shape[-2:]),
+            volumes=batch.volumes,
+            slices=batch.slices,
+            mask_for=self.mask_for,
+            window=self.config.window,
+            insert_mode=self.config.insert,
+            data_range=batch.max_values,
+        )
+        results: dict[tuple[str, str], AttackResult] = {}
+        clean: dict[str, list[dict]] = {}
+        for m in self.models:
+            clean[m.name] = self._clean_metrics(ctx, m)
+            for a in self.config.attacks:
+                results[(m.name, a)] = self.attacks[(m.name, a)].attack(ctx, self.engines[m.name])
+        transfer = self._transfer(ctx, results)
+        out = []
+        for (model, attack), result in results.items():
+            kind = getattr(self.attacks[(model, attack)], "kind", "fnaf")
+            for i, rec in enumerate(result_records(ctx, result)):
+                rec.update(model=model, attack=attack, kind=kind, **clean[model][i])
+                rec["transfer"] = {
+                    target: vals[i] for target, vals in transfer.get((model, attack), {}).items()
+                }
+                if record_key(rec) not in self.done:
+                    out.append(rec)
+        return out
+
+    def _accumulate_target(self, batch: SliceBatch) -> None:
+        """Sum of targets (for the report's mean-anatomy backdrop), where shapes agree."""
+        total = batch.target.double().sum(0).cpu()
+        if self.target_sum is None:
+            self.target_sum = total
+        elif self.target_sum.shape != total.shape:
+            return
+        else:
+            self.target_sum += total
+        self.target_count += batch.target.shape[0]
+
+    def mean_target(self):
+        """The mean target image over the audited slices (None before any batch)."""
+        if self.target_sum is None:
+            return None
+        return (self.target_sum / max(self.target_count, 1)).float()
+
+    def _clean_metrics(self, ctx: SliceContext, model: AuditModel) -> list[dict]:
+        recon = self.engines[model.name].clean_reconstruction(ctx)
+        err = (recon - ctx.target).square().flatten(1)
+        values = {
+            "data_range": ctx.data_range,
+            "clean_ssim": ssim(recon, ctx.target, ctx.data_range),
+            "clean_sq_err": err.sum(1),
+            "clean_sq_norm": ctx.target.square().flatten(1).sum(1),
+        }
+        host = {k: v.double().tolist() for k, v in values.items()}
+        npix = int(ctx.target.shape[-1] * ctx.target.shape[-2])
+        return [
+            {**{k: host[k][i] for k in host}, "clean_pixels": npix} for i in range(ctx.num_slices)
+        ]
+
+    def _transfer(self, ctx, results) -> dict[tuple[str, str], dict[str, list]]:
+        """Replay each model's found features on every other model."""
+        out: dict[tuple[str, str], dict[str, list]] = {}
+        if len(self.models) < 2:
+            return out
+        for (source, attack), result in results.items():
+            if getattr(self.attacks[(source, attack)], "kind", "fnaf") != "fnaf":
+                continue
+            found = result.found.nonzero().squeeze(1)
+            per_target = {}
+            for m in self.models:
+                if m.name == source:
+                    continue
+                values: list = [None] * ctx.num_slices
+                if found.numel():
+                    scores = self.engines[m.name].evaluate(ctx, result.features.take(found))
+                    hit = scores.accepted & (scores.loss >= self.config.threshold)
+                    for i, h, loss in zip(
+                        found.tolist(), hit.tolist(), scores.loss.tolist(), strict=True
+                    ):
+                        values[i] = {"hit": bool(h), "loss": loss}
+                per_target[m.name] = values
+            out[(source, attack)] = per_target
+        return out
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Make display names unique by suffixing repeats with #2, #3, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return out

@@ -1,0 +1,22 @@
+"""``mri-audit attacks``: the registered attacks and their parameters."""
+
+from __future__ import annotations
+
+import click
+
+from mri_audit.registry import attack_parameters, available_attacks, load_attack
+
+
+@click.command("attacks")
+def attacks() -> None:
+    """List the registered attacks, their parameters and defaults."""
+    for name, entry in available_attacks().items():
+        cls = load_attack(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.echo(f"{name}  ({entry.value})")
+        if summary:
+            click.echo(f"    {summary}")
+        params = attack_parameters(cls)
+        width = max((len(k) for k in params), default=0)
+        for key, default in params.items():
+            click.echo(f"    --{key.replace('_', '-'):<{width + 2}} default: {default!r}")

@@ -1,0 +1,114 @@
+"""Options shared by several commands, and turning them into objects once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from mri_audit.errors import UsageError
+
+
+def _compose(*decorators: Callable) -> Callable:
+    def apply(func: Callable) -> Callable:
+        for dec in reversed(decorators):
+            func = dec(func)
+        return func
+
+    return apply
+
+
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    metavar="auto|cpu|cuda|cuda:N",
+    help="Where models and attacks run; auto picks a GPU when there is one.",
+)
+
+model_options = _compose(
+    click.option(
+        "--model",
+        "model_spec",
+        required=True,
+        metavar="SPEC",
+        help="The model: path/to/file.py:Name, package.module:Name, or a TorchScript file.",
+    ),
+    click.option(
+        "--weights",
+        type=click.Path(dir_okay=False),
+        help="State dict (or checkpoint with 'state_dict'/'model'), loaded with weights_only.",
+    ),
+    click.option(
+        "--model-arg",
+        "model_args",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Constructor argument (repeatable); values are Python literals or strings.",
+    ),
+    click.option(
+        "--input",
+        "input_domain",
+        type=click.Choice(["image", "kspace"]),
+        default=None,
+        help="Input domain; default: the class attribute mri_audit_input, else image.",
+    ),
+    click.option(
+        "--normalize",
+        type=click.Choice(["instance", "none"]),
+        default="instance",
+        show_default=True,
+        help="Image-domain input normalisation (fastMRI U-Net transform) or raw magnitudes.",
+    ),
+)
+
+mask_options = _compose(
+    click.option(
+        "--accel",
+        type=float,
+        default=4.0,
+        show_default=True,
+        help="Acceleration (undersampling factor, >= 1).",
+    ),
+    click.option(
+        "--center-fraction",
+        type=float,
+        default=None,
+        help="Fraction of centre columns always sampled [default: 0.08 at 4x, 0.04 at 8x, "
+        "0.32/accel otherwise].",
+    ),
+    click.option(
+        "--mask",
+        "mask_type",
+        type=click.Choice(["random", "equispaced"]),
+        default="random",
+        show_default=True,
+        help="fastMRI mask function (RandomMaskFunc or EquispacedMaskFractionFunc).",
+    ),
+)
+
+data_options = _compose(
+    click.option(
+        "--data",
+        type=click.Path(),
+        default=None,
+        help="fastMRI HDF5 file or folder [default: the built-in synthetic phantoms].",
+    ),
+    click.option(
+        "--max-volumes", type=click.IntRange(min=1), default=None, help="Use at most N volumes."
+    ),
+    click.option(
+        "--max-slices",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Use at most N central slices per volume.",
+    ),
+)
+
+
+def check_acceleration(accel: float, center_fraction: float | None) -> None:
+    """One-line errors for impossible mask settings."""
+    if not accel >= 1:
+        raise UsageError(f"--accel must be >= 1 (1 = fully sampled), got {accel:g}")
+    if center_fraction is not None and not 0 < center_fraction <= 1:
+        raise UsageError(f"--center-fraction must be in (0, 1], got {center_fraction:g}")

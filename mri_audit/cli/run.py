@@ -1,0 +1,169 @@
+"""``mri-audit run``: audit one or more models and write records, results and the report."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from mri_audit.cli.options import (
+    check_acceleration,
+    data_options,
+    device_option,
+    mask_options,
+    model_options,
+)
+from mri_audit.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+EXIT_ATTACK_RATE = 3
+DEFAULT_OUT = "mri-audit-report"
+DEFAULT_ATTACK_LIST = "fnaf-rs,fnaf-fd,fnaf-pgd"
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
+    """``--config audit.toml``: its keys become the command's defaults; flags still win."""
+    if value is None:
+        return None
+    from mri_audit.config import read_config
+
+    ctx.default_map = {**(ctx.default_map or {}), **read_config(value, ctx.command)}
+    return value
+
+
+def _parse_steps(value: str) -> int | tuple[int, int]:
+    try:
+        if "-" in value:
+            low, high = (int(v) for v in value.split("-", 1))
+            if 1 <= low <= high:
+                return (low, high)
+        elif int(value) >= 1:
+            return int(value)
+    except ValueError:
+        pass
+    raise UsageError(f"--feature-steps must be N or LOW-HIGH with 1 <= LOW <= HIGH, got {value!r}")
+
+
+def _parse_compare(values) -> list[tuple[str, str | None]]:
+    out = []
+    for v in values:
+        spec, _, weights = v.partition("=")
+        if not spec:
+            raise UsageError(f"--compare needs SPEC or SPEC=WEIGHTS, got {v!r}")
+        out.append((spec, weights or None))
+    return out
+
+
+@click.command("run")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    callback=_load_config,
+    is_eager=True,
+    expose_value=False,
+    help="TOML file whose keys are this command's options (e.g. accel = 8); flags win.",
+)
+@model_options
+@mask_options
+@data_options
+@click.option(
+    "--attacks",
+    "attack_list",
+    default=DEFAULT_ATTACK_LIST,
+    show_default=True,
+    help="Comma-separated attacks (see `mri-audit attacks`).",
+)
+@click.option(
+    "--candidates",
+    type=click.IntRange(min=1),
+    default=11,
+    show_default=True,
+    help="Candidates (evaluation budget) per slice.",
+)
+@click.option(
+    "--feature-steps",
+    default="10",
+    show_default=True,
+    metavar="N|LOW-HIGH",
+    help="Random-walk length of a feature.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0),
+    default=1e-3,
+    show_default=True,
+    help="τ: a slice is a hit when the FNAF loss L >= τ.",
+)
+@click.option(
+    "--ip-epsilon",
+    type=click.FloatRange(min=0),
+    default=1e-4,
+    show_default=True,
+    help="ε: information preservation needs the IP distance D >= ε.",
+)
+@click.option(
+    "--window",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=0.375,
+    show_default=True,
+    help="Centred window (fraction of each side) features live in.",
+)
+@click.option(
+    "--insert",
+    type=click.Choice(["phase", "magnitude"]),
+    default="phase",
+    show_default=True,
+    help="Insert with the local phase on the k-space grid, or as the reference code did.",
+)
+@click.option(
+    "--compare",
+    multiple=True,
+    metavar="SPEC[=WEIGHTS]",
+    help="Another model audited on the same slices, with transfer (repeatable).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Candidates per model batch.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="Output folder.",
+)
+@click.option(
+    "--max-attack-rate",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Exit with status 3 when the model's worst attack rate exceeds this.",
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted audit in --out.")
+@click.option("--force", is_flag=True, help="Replace an existing audit in --out.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+def run(**opts) -> None:
+    """Audit a reconstruction model for false negatives with FNAF attacks.
+
+    Writes records.jsonl (as it goes), records.csv, results.json and report.html to --out.
+    Without --data the built-in synthetic phantoms are used.
+    """
+    from mri_audit.cli.run_impl import execute
+
+    check_acceleration(opts["accel"], opts["center_fraction"])
+    opts["feature_steps"] = _parse_steps(str(opts["feature_steps"]))
+    opts["compare"] = _parse_compare(opts["compare"])
+    opts["attacks"] = tuple(a.strip() for a in opts.pop("attack_list").split(",") if a.strip())
+    if not opts["attacks"]:
+        raise UsageError("--attacks needs at least one attack name")
+    opts["out"] = Path(opts["out"])
+    code = execute(opts, command_line=[Path(sys.argv[0]).name, *sys.argv[1:]])
+    if code:
+        sys.exit(code)

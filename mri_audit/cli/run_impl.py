@@ -1,0 +1,217 @@
+"""The work behind ``mri-audit run`` (kept apart so the CLI module imports fast)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from mri_audit import __version__
+from mri_audit.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+AUDIT_FILES = ("records.jsonl", "records.csv", "results.json", "report.html", "audit_images.npz")
+
+
+def _versions() -> dict:
+    import art
+    import numpy
+    import torch
+
+    return {
+        "mri_audit": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "adversarial_robustness_toolbox": art.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _model_info(opened, spec: str, weights: str | None, name: str) -> dict:
+    from mri_audit.plugins import sha256_file
+
+    loaded = opened.loaded
+    src = loaded.source_path
+    return {
+        "name": name,
+        "spec": spec,
+        "kind": loaded.kind,
+        "source": str(src) if src else None,
+        "source_sha256": sha256_file(src) if src and Path(src).is_file() else None,
+        "weights": str(weights) if weights else None,
+        "weights_sha256": sha256_file(weights) if weights else None,
+        "domain": opened.estimator.input_domain,
+        "normalize": opened.estimator.normalize,
+        "parameters": opened.parameters,
+    }
+
+
+def _fingerprint(config: dict, models: list[dict], data: dict) -> str:
+    blob = json.dumps({"config": config, "models": models, "data": data}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _prepare_out(out: Path, resume: bool, force: bool) -> None:
+    existing = [f for f in AUDIT_FILES if (out / f).exists()]
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    if existing and not (resume or force):
+        raise UsageError(
+            f"{out} already holds an audit ({', '.join(existing)}); "
+            "use --resume to continue it or --force to replace it"
+        )
+    if force and not resume:
+        for f in existing:
+            (out / f).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _check_resume(header: dict, stored: dict | None, out: Path) -> None:
+    if stored is None:
+        return
+    diffs = []
+    if stored.get("config") != header["config"]:
+        keys = sorted(
+            k
+            for k in set(stored["config"]) | set(header["config"])
+            if stored["config"].get(k) != header["config"].get(k)
+        )
+        diffs.append("configuration (" + ", ".join(keys) + ")")
+    old = {m["name"]: m for m in stored.get("models", [])}
+    for m in header["models"]:
+        o = old.get(m["name"])
+        if o is None:
+            diffs.append(f"model {m['name']} (not in the earlier audit)")
+        elif o.get("source_sha256") != m["source_sha256"]:
+            diffs.append(f"model file of {m['name']} (sha256 differs)")
+        elif o.get("weights_sha256") != m["weights_sha256"]:
+            diffs.append(f"weights of {m['name']} (sha256 differs)")
+    if stored.get("data") != header["data"]:
+        diffs.append("data")
+    if diffs:
+        raise UsageError(
+            f"cannot resume the audit in {out}: {'; '.join(diffs)} changed; "
+            "rerun with the same settings, or use --force to start over"
+        )
+
+
+def execute(opts: dict, command_line: list[str]) -> int:
+    """Run the audit described by the parsed options; returns the exit status."""
+    from mri_audit.auditor import AuditConfig, AuditModel, Auditor, unique_names
+    from mri_audit.cli.setup import build_mask_func, open_data, open_models, resolve_device
+    from mri_audit.journal import Journal, record_key
+    from mri_audit.registry import load_attack
+
+    out: Path = opts["out"]
+    device = resolve_device(opts["device"])
+    attack_classes = {a: load_attack(a) for a in opts["attacks"]}
+    mask_func = build_mask_func(opts["mask_type"], opts["accel"], opts["center_fraction"])
+    dataset, probe = open_data(opts["data"], opts["max_volumes"], opts["max_slices"])
+    specs = [(opts["model_spec"], opts["weights"]), *opts["compare"]]
+    need_grad = any(getattr(c, "needs_gradients", False) for c in attack_classes.values())
+    opened = open_models(
+        specs,
+        model_args=opts["model_args"],
+        input_domain=opts["input_domain"],
+        normalize=opts["normalize"],
+        device=device,
+        probe=probe,
+        mask_func=mask_func,
+        need_gradient=need_grad,
+    )
+    names = unique_names([o.loaded.name for o in opened])
+    config = AuditConfig(
+        accel=opts["accel"],
+        center_fraction=opts["center_fraction"],
+        mask_type=opts["mask_type"],
+        attacks=opts["attacks"],
+        candidates=opts["candidates"],
+        feature_steps=opts["feature_steps"],
+        threshold=opts["threshold"],
+        ip_epsilon=opts["ip_epsilon"],
+        window=opts["window"],
+        insert=opts["insert"],
+        seed=opts["seed"],
+        batch_size=opts["batch_size"],
+    )
+    models_info = [
+        _model_info(o, spec, weights, n)
+        for o, (spec, weights), n in zip(opened, specs, names, strict=True)
+    ]
+    header = {
+        "kind": "header",
+        "config": json.loads(json.dumps(config.to_dict())),
+        "models": models_info,
+        "data": dataset.describe(),
+    }
+    _prepare_out(out, opts["resume"], opts["force"])
+    journal = Journal(out / "records.jsonl")
+    previous = journal.read() if opts["resume"] else []
+    stored = next((r for r in previous if r.get("kind") == "header"), None)
+    if opts["resume"]:
+        _check_resume(header, stored, out)
+    if stored is None:
+        journal.append([header])
+    done_records = [r for r in previous if r.get("kind") != "header"]
+    done = {record_key(r) for r in done_records}
+    auditor = Auditor(
+        [AuditModel(n, o.estimator) for n, o in zip(names, opened, strict=True)],
+        dataset,
+        config,
+        attack_classes=attack_classes,
+        journal=journal,
+        done=done,
+        progress=not opts["no_progress"],
+    )
+    started = time.perf_counter()
+    try:
+        auditor.run()
+    except KeyboardInterrupt:
+        n = len([r for r in journal.read() if r.get("kind") != "header"])
+        click.echo(
+            f"\nInterrupted: {n} records are saved in {out / 'records.jsonl'}; "
+            "run the same command with --resume to continue.",
+            err=True,
+        )
+        return 130
+    elapsed = time.perf_counter() - started
+    records = [r for r in journal.read() if r.get("kind") != "header"]
+    from mri_audit.outputs import finish_audit
+
+    results = finish_audit(
+        out,
+        records=records,
+        header=header,
+        auditor=auditor,
+        dataset=dataset,
+        max_attack_rate=opts["max_attack_rate"],
+        command_line=command_line,
+        versions=_versions(),
+        device=str(device),
+        elapsed=elapsed,
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    from mri_audit.tables import attack_table
+
+    click.echo(attack_table(results))
+    click.echo(
+        f"\nWrote {out}/results.json, records.csv, records.jsonl and report.html ({elapsed:.1f} s)"
+    )
+    verdict = results["verdict"]
+    if verdict["passed"] is False:
+        worst = verdict["worst"]
+        click.echo(
+            f"FAIL: {worst['model']} {worst['attack']} attack rate {worst['attack_rate']:.1%} "
+            f"exceeds --max-attack-rate {verdict['max_attack_rate']:.1%}",
+            err=True,
+        )
+        return 3
+    return 0

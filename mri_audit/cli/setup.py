@@ -1,0 +1,64 @@
+"""Turning command-line options into the objects a command works with (once, at the edge)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from mri_audit.data import SliceBatch, collate, open_dataset
+from mri_audit.device import resolve_device
+from mri_audit.errors import DataError
+from mri_audit.physics import MaskFunc, make_mask_func
+from mri_audit.plugins import parse_model_args
+from mri_audit.validate import OpenedModel, open_model
+
+logger = logging.getLogger(__name__)
+
+
+def build_mask_func(mask_type: str, accel: float, center_fraction: float | None) -> MaskFunc:
+    """The audit's mask function (per-volume masks are seeded from the volume name)."""
+    return make_mask_func(mask_type, accel, center_fraction)
+
+
+def open_data(data: str | None, max_volumes: int | None, max_slices: int | None):
+    """The dataset, and a one-slice probe batch for the model dry run."""
+    dataset = open_dataset(data, max_volumes=max_volumes, max_slices=max_slices)
+    if len(dataset) == 0:
+        raise DataError(f"no slices to audit in {data or 'the built-in set'}")
+    return dataset, collate([dataset[0]])
+
+
+def open_models(
+    specs: Sequence[tuple[str, str | None]],
+    *,
+    model_args: Sequence[str],
+    input_domain: str | None,
+    normalize: str,
+    device: torch.device,
+    probe: SliceBatch,
+    mask_func: MaskFunc,
+    need_gradient: bool,
+) -> list[OpenedModel]:
+    """Open every ``(spec, weights)``; ``--model-arg`` and ``--input`` apply to the first."""
+    args = parse_model_args(model_args)
+    opened = []
+    for i, (spec, weights) in enumerate(specs):
+        opened.append(
+            open_model(
+                spec,
+                weights=weights,
+                model_args=args if i == 0 else None,
+                input_domain=input_domain if i == 0 else None,
+                normalize=normalize,
+                device=device,
+                probe=probe,
+                mask_func=mask_func,
+                need_gradient=need_gradient,
+            )
+        )
+    return opened
+
+
+__all__ = ["build_mask_func", "open_data", "open_models", "resolve_device"]

@@ -1,0 +1,408 @@
+"""fastMRI HDF5 slices and the built-in synthetic phantom set.
+
+Both datasets yield :class:`SliceSample` items with fastMRI's conventions: native complex k-space
+``(coils, H, W)`` (single-coil files get ``coils = 1``), the reference magnitude
+(``reconstruction_esc`` / ``reconstruction_rss``) and the volume's file name, which seeds the
+per-volume mask (:func:`mri_audit.physics.volume_seed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import h5py
+import numpy as np
+import torch
+
+from mri_audit import phantoms
+from mri_audit.errors import DataError
+from mri_audit.fastmri_io import VolumeInfo, inspect_file, resolve_files
+from mri_audit.physics import center_crop, ifft2c, rss
+
+__all__ = [
+    "BUILTIN_TRAIN",
+    "BUILTIN_VAL",
+    "SliceSample",
+    "SliceBatch",
+    "collate",
+    "iter_batches",
+    "SliceDataset",
+    "SyntheticDataset",
+    "open_dataset",
+    "central_slices",
+]
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_VAL: dict[str, int] = dict(volumes=6, slices=4, size=160, coils=1)
+BUILTIN_TRAIN: dict[str, int] = dict(volumes=48, slices=8, size=160, coils=1)
+
+
+class SliceSample(NamedTuple):
+    """One fully-sampled slice.
+
+    Attributes:
+        kspace: complex64 k-space.
+        target: float32 reference magnitude.
+        volume: the volume's file name (e.g. ``file1000001.h5``); seeds its mask.
+        slice: the slice index in the volume.
+        max_value: the volume's target maximum (fastMRI's ``max`` attribute).
+        attrs: plain-python metadata (acquisition, patient_id, norm, max, encoding sizes, ...).
+
+    Shape:
+        kspace: ``(coils, H, W)``; target: ``(h, w)`` with ``h <= H`` and ``w <= W``.
+    """
+
+    kspace: torch.Tensor
+    target: torch.Tensor
+    volume: str
+    slice: int
+    max_value: float
+    attrs: dict
+
+
+class SliceBatch(NamedTuple):
+    """Slices of equal shape stacked into a batch.
+
+    Shape:
+        kspace: ``(B, coils, H, W)`` complex64; target: ``(B, h, w)`` float32;
+        max_values: ``(B,)`` float32.
+    """
+
+    kspace: torch.Tensor
+    target: torch.Tensor
+    volumes: list[str]
+    slices: list[int]
+    max_values: torch.Tensor
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> SliceBatch:
+        """The same batch with its tensors on ``device``."""
+        return self._replace(
+            kspace=self.kspace.to(device, non_blocking=non_blocking),
+            target=self.target.to(device, non_blocking=non_blocking),
+            max_values=self.max_values.to(device, non_blocking=non_blocking),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        """The number of slices in the batch."""
+        return len(self.volumes)
+
+
+def collate(samples: Sequence[SliceSample]) -> SliceBatch:
+    """Stack samples into a :class:`SliceBatch` (usable as a DataLoader ``collate_fn``).
+
+    Raises:
+        ValueError: no samples, or samples whose k-space or target shapes differ.
+    """
+    if not samples:
+        raise ValueError("cannot collate an empty list of slices")
+    k_shapes = {tuple(s.kspace.shape) for s in samples}
+    t_shapes = {tuple(s.target.shape) for s in samples}
+    if len(k_shapes) > 1 or len(t_shapes) > 1:
+        raise ValueError(
+            f"cannot batch slices of different shapes: k-space {sorted(k_shapes)}, "
+            f"target {sorted(t_shapes)}; use iter_batches to group them by shape"
+        )
+    return SliceBatch(
+        kspace=torch.stack([s.kspace for s in samples]),
+        target=torch.stack([s.target for s in samples]),
+        volumes=[s.volume for s in samples],
+        slices=[int(s.slice) for s in samples],
+        max_values=torch.tensor([s.max_value for s in samples], dtype=torch.float32),
+    )
+
+
+def iter_batches(dataset: Sequence[SliceSample], batch_size: int) -> Iterator[SliceBatch]:
+    """Batches of up to ``batch_size`` consecutive slices; a change of shape starts a new batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    group: list[SliceSample] = []
+    key = None
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        sample_key = (tuple(sample.kspace.shape), tuple(sample.target.shape))
+        if group and (sample_key != key or len(group) == batch_size):
+            yield collate(group)
+            group = []
+        group.append(sample)
+        key = sample_key
+    if group:
+        yield collate(group)
+
+
+def central_slices(num_slices: int, max_slices: int | None) -> list[int]:
+    """The ``max_slices`` slice indices closest to the middle of the volume, in order."""
+    if max_slices is None or max_slices >= num_slices:
+        return list(range(num_slices))
+    start = (num_slices - max_slices) // 2
+    return list(range(start, start + max_slices))
+
+
+def _check_limit(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be >= 1 (or None for all), got {value}")
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Slices of fastMRI HDF5 files, read lazily.
+
+    Every file is validated once, up front, from its metadata; bad data raises
+    :class:`~mri_audit.errors.DataError` with one line naming the file and the fix.
+
+    Args:
+        source: a ``.h5`` file, a folder of them (sorted by name, non-recursive) or a list.
+        max_volumes: keep only the first ``max_volumes`` files.
+        max_slices: keep only the ``max_slices`` central slices of each volume.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        max_volumes: int | None = None,
+        max_slices: int | None = None,
+    ) -> None:
+        _check_limit("max_volumes", max_volumes)
+        _check_limit("max_slices", max_slices)
+        self.source = source
+        self.max_volumes, self.max_slices = max_volumes, max_slices
+        files = resolve_files(source)[:max_volumes]
+        self._volumes: list[VolumeInfo] = [inspect_file(p) for p in files]
+        self._examples = [
+            (v, s)
+            for v, vol in enumerate(self._volumes)
+            for s in central_slices(vol.num_slices, max_slices)
+        ]
+        self._max_cache: dict[int, float] = {}
+
+    @property
+    def volumes(self) -> list[str]:
+        """The volume (file) names, in order."""
+        return [v.path.name for v in self._volumes]
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def __getitem__(self, index: int) -> SliceSample:
+        v, s = self._examples[index]
+        vol = self._volumes[v]
+        try:
+            with h5py.File(vol.path, "r", locking=False) as hf:
+                kspace = np.asarray(hf["kspace"][s], dtype=np.complex64)
+                target = None
+                if vol.target_key is not None:
+                    target = np.asarray(hf[vol.target_key][s], dtype=np.float32)
+        except (OSError, KeyError) as err:
+            raise DataError(
+                f"{vol.path}: cannot read slice {s} ({err}); re-download or re-create the file"
+            ) from None
+        kspace_t = torch.from_numpy(kspace.reshape(vol.kspace_shape))
+        if target is None:
+            target_t = _rss_target(kspace_t, vol.target_shape)
+        else:
+            target_t = torch.from_numpy(target)
+        return SliceSample(
+            kspace=kspace_t,
+            target=target_t,
+            volume=vol.path.name,
+            slice=s,
+            max_value=self._max_value(v),
+            attrs=dict(vol.attrs),
+        )
+
+    def _max_value(self, v: int) -> float:
+        """The volume's target maximum: attrs ``max``, else computed once (all slices)."""
+        vol = self._volumes[v]
+        if "max" in vol.attrs:
+            return float(vol.attrs["max"])
+        if v not in self._max_cache:
+            with h5py.File(vol.path, "r", locking=False) as hf:
+                if vol.target_key is not None:
+                    peak = float(np.max(hf[vol.target_key][()]))
+                else:
+                    peak = 0.0
+                    for i in range(vol.num_slices):
+                        k = np.asarray(hf["kspace"][i], np.complex64).reshape(vol.kspace_shape)
+                        target = _rss_target(torch.from_numpy(k), vol.target_shape)
+                        peak = max(peak, float(target.max()))
+            self._max_cache[v] = peak
+        return self._max_cache[v]
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary for the results file."""
+        src = self.source
+        source = str(src) if isinstance(src, (str, os.PathLike)) else [str(p) for p in src]
+        return {
+            "kind": "fastmri",
+            "source": source,
+            "volumes": len(self._volumes),
+            "slices": len(self),
+            "kspace_shapes": _shapes(v.kspace_shape[1:] for v in self._volumes),
+            "target_shapes": _shapes(v.target_shape for v in self._volumes),
+            "coils": sorted({v.kspace_shape[0] for v in self._volumes}),
+            "max_volumes": self.max_volumes,
+            "max_slices": self.max_slices,
+        }
+
+
+def _rss_target(kspace: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Centre-cropped RSS of the fully-sampled coil images (fallback target).
+
+    Shape:
+        kspace: ``(coils, H, W)`` complex; returns ``(h, w)`` float32.
+    """
+    image = rss(ifft2c(kspace.to(torch.complex128)), dim=0)
+    return center_crop(image, shape).to(torch.float32).contiguous()
+
+
+def _shapes(shapes) -> list[list[int]]:
+    return [list(t) for t in sorted({tuple(int(n) for n in sh) for sh in shapes})]
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """The built-in phantom set, in memory: volumes are generated on first use and cached.
+
+    Volume ``i`` of a split is :func:`mri_audit.phantoms.make_volume` seeded by
+    ``derive_seed(seed, split_id, i)``; ``train`` and ``val`` use different split ids, so held-out
+    evaluation never sees a training volume. Items are :class:`SliceSample` s named like fastMRI
+    files (``synth_val_0000.h5``) so masks are seeded per volume exactly as for real data.
+
+    Args:
+        split: ``"val"`` or ``"train"``.
+        volumes: number of volumes.
+        slices: slices per volume.
+        size: target size (square).
+        coils: receive coils (1 = single-coil).
+        seed: base seed.
+        kspace_shape: k-space grid; None for ``(size, size)``.
+        noise: k-space noise level (see :func:`~mri_audit.phantoms.make_volume`).
+        max_volumes: keep only the first ``max_volumes`` volumes.
+        max_slices: keep only the ``max_slices`` central slices of each volume.
+    """
+
+    SPLITS = {"val": 0, "train": 1}
+
+    def __init__(
+        self,
+        *,
+        split: str = "val",
+        volumes: int = BUILTIN_VAL["volumes"],
+        slices: int = BUILTIN_VAL["slices"],
+        size: int = BUILTIN_VAL["size"],
+        coils: int = BUILTIN_VAL["coils"],
+        seed: int = 0,
+        kspace_shape: tuple[int, int] | None = None,
+        noise: float = 0.02,
+        max_volumes: int | None = None,
+        max_slices: int | None = None,
+    ) -> None:
+        if split not in self.SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose from {', '.join(self.SPLITS)}")
+        for name, value in (("volumes", volumes), ("slices", slices), ("coils", coils)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        _check_limit("max_volumes", max_volumes)
+        _check_limit("max_slices", max_slices)
+        self.split, self.seed, self.noise = split, seed, noise
+        self.num_volumes = min(volumes, max_volumes) if max_volumes else volumes
+        self.slices, self.size, self.coils = slices, size, coils
+        self.kspace_shape = tuple(kspace_shape) if kspace_shape else (size, size)
+        self.max_volumes, self.max_slices = max_volumes, max_slices
+        keep = central_slices(slices, max_slices)
+        self._examples = [(v, s) for v in range(self.num_volumes) for s in keep]
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, dict]] = {}
+
+    @property
+    def volumes(self) -> list[str]:
+        """The volume names, in order."""
+        return [self.volume_name(v) for v in range(self.num_volumes)]
+
+    def volume_name(self, index: int) -> str:
+        """The fastMRI-style file name of volume ``index``."""
+        return f"synth_{self.split}_{index:04d}.h5"
+
+    def volume_seed(self, index: int) -> int:
+        """The :func:`~mri_audit.phantoms.make_volume` seed of volume ``index``."""
+        return phantoms.derive_seed(self.seed, self.SPLITS[self.split], index)
+
+    def _volume(self, v: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        if v not in self._cache:
+            vol = phantoms.make_volume(
+                self.volume_seed(v),
+                slices=self.slices,
+                size=self.size,
+                coils=self.coils,
+                kspace_shape=self.kspace_shape,
+                noise=self.noise,
+            )
+            attrs = {
+                "acquisition": "CORPD_FBK",
+                "patient_id": f"synth-{self.split}-{self.seed}-{v:04d}",
+                "max": float(vol.target.max()),
+                "norm": float(np.linalg.norm(vol.target.astype(np.float64))),
+                "encoding_size": (*self.kspace_shape, 1),
+                "recon_size": (self.size, self.size, 1),
+                "target_key": "reconstruction_esc" if self.coils == 1 else "reconstruction_rss",
+                "num_slices": self.slices,
+            }
+            self._cache[v] = (torch.from_numpy(vol.kspace), torch.from_numpy(vol.target), attrs)
+        return self._cache[v]
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def __getitem__(self, index: int) -> SliceSample:
+        v, s = self._examples[index]
+        kspace, target, attrs = self._volume(v)
+        return SliceSample(
+            kspace=kspace[s],
+            target=target[s],
+            volume=self.volume_name(v),
+            slice=s,
+            max_value=float(attrs["max"]),
+            attrs=dict(attrs),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary for the results file."""
+        return {
+            "kind": "synthetic",
+            "source": f"built-in synthetic phantoms (split={self.split}, seed={self.seed})",
+            "split": self.split,
+            "seed": self.seed,
+            "volumes": self.num_volumes,
+            "slices": len(self),
+            "kspace_shapes": [list(self.kspace_shape)],
+            "target_shapes": [[self.size, self.size]],
+            "coils": [self.coils],
+            "noise": self.noise,
+            "max_volumes": self.max_volumes,
+            "max_slices": self.max_slices,
+        }
+
+
+def open_dataset(
+    path: str | os.PathLike | None,
+    *,
+    max_volumes: int | None = None,
+    max_slices: int | None = None,
+    **synthetic_kwargs: Any,
+) -> SliceDataset | SyntheticDataset:
+    """A fastMRI :class:`SliceDataset` for ``path``, or the built-in :class:`SyntheticDataset`.
+
+    Args:
+        path: a ``.h5`` file or a folder of them; None for the built-in phantoms.
+        max_volumes: keep only the first ``max_volumes`` volumes.
+        max_slices: keep only the ``max_slices`` central slices of each volume.
+        synthetic_kwargs: :class:`SyntheticDataset` options (``split``, ``volumes``, ...); used
+            only when ``path`` is None.
+    """
+    if path is None:
+        return SyntheticDataset(max_volumes=max_volumes, max_slices=max_slices, **synthetic_kwargs)
+    if synthetic_kwargs:
+        logger.debug("ignoring synthetic-data options %s for %s", sorted(synthetic_kwargs), path)
+    return SliceDataset(path, max_volumes=max_volumes, max_slices=max_slices)

@@ -1,0 +1,331 @@
+"""Report figures: matplotlib ``Figure`` objects (Agg, no pyplot state) rendered to base64 PNG.
+
+Every function takes plain arrays and returns a PNG as a base64 ``str``; the same inputs give the
+same bytes (fixed size and dpi, no timestamps in the PNG metadata).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+__all__ = [
+    "DPI",
+    "location_heatmaps",
+    "loss_histograms",
+    "loss_ip_scatter",
+    "transfer_heatmaps",
+    "worst_case_panel",
+    "feature_outline",
+]
+
+DPI = 100
+PALETTE = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+HEAT = LinearSegmentedColormap.from_list("hits", ["#fff3b0", "#f4a259", "#d62728", "#6a040f"])
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8}
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, facecolor="white")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _grid(fig: Figure, n: int, ncols: int) -> list:
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return axes[:n]
+
+
+def _positive(values: np.ndarray, floor: float) -> np.ndarray:
+    """Values for a log axis: non-finite dropped, non-positive clipped to ``floor``."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return np.maximum(v, floor)
+
+
+def feature_outline(rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
+    """Segments ``(n, 2, 2)`` (x, y) of the outer edges of a pixel support."""
+    support = {(int(r), int(c)) for r, c in zip(rows, cols, strict=True)}
+    segs = []
+    for r, c in sorted(support):
+        if (r - 1, c) not in support:
+            segs.append([(c - 0.5, r - 0.5), (c + 0.5, r - 0.5)])
+        if (r + 1, c) not in support:
+            segs.append([(c - 0.5, r + 0.5), (c + 0.5, r + 0.5)])
+        if (r, c - 1) not in support:
+            segs.append([(c - 0.5, r - 0.5), (c - 0.5, r + 0.5)])
+        if (r, c + 1) not in support:
+            segs.append([(c + 0.5, r - 0.5), (c + 0.5, r + 0.5)])
+    return np.asarray(segs, dtype=np.float64).reshape(-1, 2, 2)
+
+
+def location_heatmaps(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    window: tuple[int, int, int, int],
+    shape: tuple[int, int],
+    background: np.ndarray | None,
+    cell: int = 8,
+) -> str:
+    """Where the hits are: hit centroids binned on the window grid, over the mean anatomy.
+
+    Args:
+        panels: title -> (rows, cols) of the hit centroids (target pixel coordinates).
+        window: ``(top, left, height, width)`` of the feature window.
+        shape: ``(h, w)`` of the target.
+        background: the mean target (drawn in grey), or None for a blank backdrop.
+        cell: side of a bin in pixels.
+    """
+    top, left, wh, ww = window
+    ny, nx = max(1, math.ceil(wh / cell)), max(1, math.ceil(ww / cell))
+    margin = max(4, round(0.25 * max(wh, ww)))
+    y0, y1 = max(0, top - margin), min(shape[0], top + wh + margin)
+    x0, x1 = max(0, left - margin), min(shape[1], left + ww + margin)
+    counts = []
+    for rows, cols in panels.values():
+        h, _, _ = np.histogram2d(
+            np.asarray(rows, dtype=float),
+            np.asarray(cols, dtype=float),
+            bins=[ny, nx],
+            range=[[top - 0.5, top + ny * cell - 0.5], [left - 0.5, left + nx * cell - 0.5]],
+        )
+        counts.append(h)
+    vmax = max([1.0] + [float(h.max()) for h in counts])
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    with rc_context(STYLE):
+        fig = _figure(3.2 * ncols + 0.8, 3.1 * nrows + 0.2)
+        axes = _grid(fig, len(panels), ncols)
+        image = None
+        for ax, title, h in zip(axes, panels, counts, strict=True):
+            if background is not None:
+                bg = np.asarray(background, dtype=np.float32)
+                ax.imshow(bg, cmap="gray", vmin=0, vmax=float(np.nanmax(bg)) or 1.0)
+            else:
+                ax.imshow(np.zeros(shape, dtype=np.float32), cmap="gray", vmin=0, vmax=1)
+            extent = (left - 0.5, left + nx * cell - 0.5, top + ny * cell - 0.5, top - 0.5)
+            masked = np.ma.masked_equal(h, 0)
+            image = ax.imshow(
+                masked,
+                cmap=HEAT,
+                vmin=0,
+                vmax=vmax,
+                extent=extent,
+                alpha=0.85,
+                interpolation="nearest",
+            )
+            ax.add_patch(
+                Rectangle((left - 0.5, top - 0.5), ww, wh, fill=False, ec="#4cc9f0", lw=1.2)
+            )
+            ax.set_xlim(x0 - 0.5, x1 - 0.5)
+            ax.set_ylim(y1 - 0.5, y0 - 0.5)
+            ax.set_title(f"{title}  ({int(h.sum())} hits)")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if image is not None:
+            cbar = fig.colorbar(image, ax=axes, shrink=0.8)
+            cbar.set_label(f"hits per {cell}×{cell} px cell")
+        return _png(fig)
+
+
+def loss_histograms(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]], *, threshold: float
+) -> str:
+    """Distribution of the FNAF loss ``L`` (log x) per attack, controls in grey, τ marked.
+
+    Args:
+        panels: title -> (losses of the found features, control losses of the same regions).
+        threshold: τ.
+    """
+    every = np.concatenate([np.asarray(v, dtype=float).ravel() for p in panels.values() for v in p])
+    every = every[np.isfinite(every) & (every > 0)]
+    floor = float(min(every.min(), threshold) / 10) if every.size else threshold / 1e3
+    top = float(max(every.max(), threshold) * 10) if every.size else threshold * 1e3
+    bins = np.logspace(math.log10(floor), math.log10(top), 41)
+    ncols = min(3, len(panels))
+    with rc_context(STYLE):
+        fig = _figure(3.4 * ncols, 2.7 * math.ceil(len(panels) / ncols) + 0.1)
+        for i, (ax, (title, (loss, control))) in enumerate(
+            zip(_grid(fig, len(panels), ncols), panels.items(), strict=True)
+        ):
+            ax.hist(
+                _positive(control, floor),
+                bins=bins,
+                color="#9e9e9e",
+                alpha=0.7,
+                label="control (no feature)",
+            )
+            ax.hist(_positive(loss, floor), bins=bins, color=PALETTE[1], alpha=0.75, label="attack")
+            ax.axvline(threshold, color=PALETTE[0], ls="--", lw=1.2, label=f"τ = {threshold:g}")
+            ax.set_xscale("log")
+            ax.set_title(title)
+            ax.set_xlabel("loss L")
+            ax.set_ylabel("slices")
+            if i == 0:
+                ax.legend(loc="upper left", frameon=False)
+        return _png(fig)
+
+
+def loss_ip_scatter(
+    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    *,
+    threshold: float,
+    epsilon: float,
+) -> str:
+    """``L`` against the information-preservation distance ``D`` (log-log), one panel per model.
+
+    Args:
+        panels: model -> attack -> (D, L, hit) arrays of the found features.
+        threshold: τ (horizontal line).
+        epsilon: ε (vertical line).
+    """
+    values = [
+        np.asarray(a, dtype=float) for p in panels.values() for t in p.values() for a in t[:2]
+    ]
+    every = np.concatenate(values) if values else np.zeros(0)
+    every = every[np.isfinite(every) & (every > 0)]
+    floor = float(min(every.min(), epsilon, threshold) / 10) if every.size else 1e-8
+    attacks = sorted({a for p in panels.values() for a in p})
+    colour = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(attacks)}
+    ncols = min(3, len(panels))
+    with rc_context(STYLE):
+        fig = _figure(3.6 * ncols, 3.2 * math.ceil(len(panels) / ncols) + 0.1)
+        for ax, (model, by_attack) in zip(
+            _grid(fig, len(panels), ncols), panels.items(), strict=True
+        ):
+            for attack, (d, loss, hit) in by_attack.items():
+                d = np.maximum(np.asarray(d, dtype=float), floor)
+                loss = np.maximum(np.asarray(loss, dtype=float), floor)
+                hit = np.asarray(hit, dtype=bool)
+                ok = np.isfinite(d) & np.isfinite(loss)
+                ax.scatter(
+                    d[ok & ~hit],
+                    loss[ok & ~hit],
+                    s=14,
+                    facecolors="none",
+                    edgecolors="#9e9e9e",
+                    lw=0.8,
+                )
+                ax.scatter(
+                    d[ok & hit],
+                    loss[ok & hit],
+                    s=16,
+                    color=colour[attack],
+                    label=f"{attack} hit",
+                    alpha=0.85,
+                )
+            ax.axhline(threshold, color=PALETTE[0], ls="--", lw=1.1, label=f"τ = {threshold:g}")
+            ax.axvline(epsilon, color="#333333", ls=":", lw=1.1, label=f"ε = {epsilon:g}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("IP distance D")
+            ax.set_ylabel("loss L")
+            ax.set_title(model)
+            ax.legend(loc="lower right", frameon=False, fontsize=7)
+        return _png(fig)
+
+
+def transfer_heatmaps(
+    panels: Mapping[str, tuple[Sequence[str], Sequence[str], np.ndarray, np.ndarray]],
+) -> str:
+    """Transfer matrices: source rows, target columns, each cell the share of hits that transfer.
+
+    Args:
+        panels: title -> (source names, target names, rates (nan: none), replay counts).
+    """
+    ncols = min(2, len(panels))
+    first = next(iter(panels.values()))
+    side = 0.9 * max(len(first[0]), len(first[1])) + 2.2
+    with rc_context(STYLE):
+        fig = _figure(side * ncols + 0.6, side * math.ceil(len(panels) / ncols))
+        image = None
+        for ax, (title, (sources, targets, rates, totals)) in zip(
+            _grid(fig, len(panels), ncols), panels.items(), strict=True
+        ):
+            rates = np.asarray(rates, dtype=float)
+            image = ax.imshow(np.ma.masked_invalid(rates), cmap="Reds", vmin=0, vmax=1)
+            for (i, j), v in np.ndenumerate(rates):
+                if sources[i] == targets[j]:
+                    text, col = "—", "#666666"
+                elif math.isnan(v):
+                    text, col = "n/a", "#666666"
+                else:
+                    text = f"{v:.0%}\n{int(totals[i, j])} hits"
+                    col = "white" if v > 0.6 else "black"
+                ax.text(j, i, text, ha="center", va="center", color=col, fontsize=8)
+            ax.set_xticks(
+                range(len(targets)), [_short(t) for t in targets], rotation=30, ha="right"
+            )
+            ax.set_yticks(range(len(sources)), [_short(s) for s in sources])
+            ax.set_xlabel("target model")
+            ax.set_ylabel("source model")
+            ax.set_title(title)
+        if image is not None:
+            fig.colorbar(image, ax=fig.axes, shrink=0.8, label="transfer rate")
+        return _png(fig)
+
+
+def worst_case_panel(
+    images: Sequence[tuple[str, np.ndarray]],
+    *,
+    rows: Sequence[int],
+    cols: Sequence[int],
+    zoom: int = 32,
+) -> str:
+    """One worst case as a row of images, each with a zoomed inset on the feature.
+
+    Args:
+        images: (title, image) pairs: zero-filled input, ground truth with the feature, then each
+            model's reconstruction; all in target units.
+        rows, cols: the feature's support (pixel coordinates).
+        zoom: side of the zoomed region in pixels.
+    """
+    vmax = float(np.nanmax(np.asarray(images[1][1], dtype=np.float32))) or 1.0
+    cy = float(np.mean(rows)) if len(rows) else images[0][1].shape[0] / 2
+    cx = float(np.mean(cols)) if len(cols) else images[0][1].shape[1] / 2
+    half = zoom / 2
+    outline = feature_outline(rows, cols)
+    with rc_context(STYLE):
+        fig = _figure(2.35 * len(images), 2.6)
+        for ax, (title, img) in zip(_grid(fig, len(images), len(images)), images, strict=True):
+            img = np.asarray(img, dtype=np.float32)
+            ax.imshow(img, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+            ax.add_collection(LineCollection(outline, colors="#ffd166", linewidths=0.6))
+            ax.set_title(title)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            inset = ax.inset_axes([0.56, 0.56, 0.42, 0.42])
+            inset.imshow(img, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+            inset.add_collection(LineCollection(outline, colors="#ffd166", linewidths=1.0))
+            inset.set_xlim(cx - half, cx + half)
+            inset.set_ylim(cy + half, cy - half)
+            inset.set_xticks([])
+            inset.set_yticks([])
+            for spine in inset.spines.values():
+                spine.set_edgecolor("#ffd166")
+            ax.indicate_inset_zoom(inset, edgecolor="#ffd166", alpha=0.9)
+        return _png(fig)
+
+
+def _short(name: str, n: int = 18) -> str:
+    return name if len(name) <= n else name[: n - 1] + "…"

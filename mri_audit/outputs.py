@@ -1,0 +1,97 @@
+"""Finishing an audit: aggregates, ``results.json``, ``records.csv``, images and the report."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mri_audit.journal import to_jsonable
+from mri_audit.panels import render_panels, worst_records
+from mri_audit.results import SCHEMA_VERSION, aggregate, atomic_write, write_csv, write_json
+
+__all__ = ["finish_audit"]
+
+logger = logging.getLogger(__name__)
+
+
+def finish_audit(
+    out: Path,
+    *,
+    records: list[dict],
+    header: dict,
+    auditor,
+    dataset,
+    max_attack_rate: float | None,
+    command_line: list[str],
+    versions: dict,
+    device: str,
+    elapsed: float,
+    started: str,
+) -> dict:
+    """Write every final file of an audit (each atomically) and return the results."""
+    records = to_jsonable(records)
+    config = header["config"]
+    primary = header["models"][0]["name"]
+    agg = aggregate(
+        records, threshold=config["threshold"], max_attack_rate=max_attack_rate, primary=primary
+    )
+    cases = worst_records(records, primary)
+    arrays = render_panels(auditor, dataset, cases)
+    mean_target = auditor.mean_target()
+    if mean_target is not None:
+        arrays["mean_target"] = mean_target.numpy().astype(np.float16)
+    window = auditor.attacks and next(iter(auditor.attacks.values())).window
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "mri-audit",
+        "created": started,
+        "command_line": command_line,
+        "config": config,
+        "versions": versions,
+        "device": device,
+        "elapsed_seconds": elapsed,
+        "data": header["data"],
+        "models": header["models"],
+        "window_fraction": window,
+        **agg,
+        "worst_cases": [
+            {
+                k: c.get(k)
+                for k in (
+                    "model",
+                    "attack",
+                    "volume",
+                    "slice",
+                    "loss",
+                    "hit",
+                    "ip",
+                    "rho",
+                    "row",
+                    "col",
+                    "feature",
+                )
+            }
+            for c in cases
+        ],
+        "files": {
+            "records": "records.csv",
+            "journal": "records.jsonl",
+            "images": "audit_images.npz",
+            "report": "report.html",
+        },
+    }
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write(out / "audit_images.npz", buf.getvalue())
+    write_csv(out / "records.csv", records)
+    write_json(out / "results.json", results)
+    try:
+        from mri_audit.report import render_report
+    except ImportError:  # the report module is optional during development
+        logger.warning("report module unavailable; report.html not written")
+    else:
+        render_report(out / "results.json", out / "report.html")
+    return results

@@ -1,0 +1,232 @@
+"""Results: aggregates recounted from the records, ``results.json`` and ``records.csv``.
+
+Every number in ``results.json`` is a function of the records alone (:func:`aggregate`), so a
+reviewer can recount it from ``records.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mri_audit.journal import to_jsonable
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "wilson",
+    "aggregate",
+    "records_frame",
+    "atomic_write",
+    "write_json",
+    "write_csv",
+]
+
+SCHEMA_VERSION = 1
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def wilson(successes: int, trials: int, z: float = 1.959964) -> dict:
+    """A rate with its 95% Wilson score interval."""
+    if trials == 0:
+        return {"value": None, "low": None, "high": None, "count": 0, "total": 0}
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return {
+        "value": p,
+        "low": max(0.0, centre - half),
+        "high": min(1.0, centre + half),
+        "count": successes,
+        "total": trials,
+    }
+
+
+def _summary(values: Iterable[float | None]) -> dict:
+    arr = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if arr.size == 0:
+        return {
+            "n": 0,
+            "mean": None,
+            "max": None,
+            **{f"q{int(q * 100):02d}": None for q in QUANTILES},
+        }
+    out = {"n": int(arr.size), "mean": float(arr.mean()), "max": float(arr.max())}
+    for q, v in zip(QUANTILES, np.quantile(arr, QUANTILES), strict=True):
+        out[f"q{int(q * 100):02d}"] = float(v)
+    return out
+
+
+def _clean(records: Sequence[dict]) -> dict:
+    """fastMRI metrics per model: per-volume SSIM/NMSE/PSNR, then the mean over volumes."""
+    per_slice: dict[str, dict[tuple, dict]] = defaultdict(dict)
+    for r in records:
+        per_slice[r["model"]].setdefault((r["volume"], int(r["slice"])), r)
+    out = {}
+    for model, slices in per_slice.items():
+        volumes: dict[str, list[dict]] = defaultdict(list)
+        for (volume, _), r in slices.items():
+            volumes[volume].append(r)
+        ssims, nmses, psnrs = [], [], []
+        for rows in volumes.values():
+            sq_err = sum(r["clean_sq_err"] for r in rows)
+            sq_norm = sum(r["clean_sq_norm"] for r in rows)
+            pixels = sum(r["clean_pixels"] for r in rows)
+            data_range = max(r["data_range"] for r in rows)
+            ssims.append(sum(r["clean_ssim"] for r in rows) / len(rows))
+            nmses.append(sq_err / sq_norm if sq_norm > 0 else float("nan"))
+            mse = sq_err / pixels
+            psnrs.append(10 * math.log10(data_range**2 / mse) if mse > 0 else float("inf"))
+        out[model] = {
+            "ssim": float(np.mean(ssims)),
+            "nmse": float(np.mean(nmses)),
+            "psnr": float(np.mean(psnrs)),
+            "volumes": len(volumes),
+            "slices": len(slices),
+        }
+    return out
+
+
+def _attack(rows: Sequence[dict]) -> dict:
+    kind = rows[0].get("kind", "fnaf")
+    n = len(rows)
+    if kind != "fnaf":
+        keys = sorted({k for r in rows for k in r if k.startswith(("ssim_", "nmse_", "psnr_"))})
+        keys.append("perturbation")
+        return {"kind": kind, "slices": n, **{k: _summary(r.get(k) for r in rows) for k in keys}}
+    found = [r for r in rows if r["found"]]
+    return {
+        "kind": kind,
+        "slices": n,
+        "found": len(found),
+        "attack_rate": wilson(sum(bool(r["hit"]) for r in rows), n),
+        "ip_acceptance": wilson(
+            sum(r["accepted"] for r in rows), sum(r["evaluated"] for r in rows)
+        ),
+        "control_rate": wilson(sum(bool(r["control_hit"]) for r in rows), n),
+        "loss": _summary(r["loss"] for r in found),
+        "control_loss": _summary(r["control"] for r in found),
+        "region_nmse": _summary(r["region_nmse"] for r in found),
+        "ip_distance": _summary(r["ip"] for r in found),
+        "rho": _summary(r["rho"] for r in found),
+    }
+
+
+def _transfer(records: Sequence[dict]) -> dict:
+    """For each attack: source -> target -> share of the source's hits that hit the target."""
+    counts: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: [0, 0])))
+    for r in records:
+        if r.get("kind", "fnaf") != "fnaf" or not r["hit"]:
+            continue
+        for target, replay in (r.get("transfer") or {}).items():
+            if replay is None:
+                continue
+            for attack in (r["attack"], "all"):
+                cell = counts[attack][r["model"]][target]
+                cell[0] += bool(replay["hit"])
+                cell[1] += 1
+    return {
+        attack: {
+            src: {tgt: wilson(h, t) for tgt, (h, t) in targets.items()}
+            for src, targets in sources.items()
+        }
+        for attack, sources in counts.items()
+    }
+
+
+def aggregate(
+    records: Sequence[dict], *, threshold: float, max_attack_rate: float | None, primary: str | None
+) -> dict:
+    """All aggregates of an audit, from its records alone."""
+    groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        groups[r["model"]][r["attack"]].append(r)
+    attacks = {m: {a: _attack(rows) for a, rows in by.items()} for m, by in groups.items()}
+    primary = primary or next(iter(groups), None)
+    worst = None
+    for attack, agg in attacks.get(primary, {}).items():
+        rate = agg.get("attack_rate", {}).get("value")
+        if rate is not None and (worst is None or rate > worst["attack_rate"]):
+            worst = {"model": primary, "attack": attack, "attack_rate": rate}
+    verdict = {
+        "model": primary,
+        "threshold": threshold,
+        "max_attack_rate": max_attack_rate,
+        "worst": worst,
+        "passed": None
+        if max_attack_rate is None or worst is None
+        else bool(worst["attack_rate"] <= max_attack_rate),
+    }
+    return {
+        "clean": _clean(records),
+        "attacks": attacks,
+        "transfer": _transfer(records),
+        "verdict": verdict,
+    }
+
+
+def records_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per (slice, model, attack); transfer replays become ``transfer_*:<model>``."""
+    rows = []
+    for r in records:
+        row = {k: v for k, v in r.items() if k not in ("transfer", "feature")}
+        row["feature"] = json.dumps(r.get("feature")) if r.get("feature") else ""
+        for target, replay in (r.get("transfer") or {}).items():
+            row[f"transfer_hit:{target}"] = None if replay is None else bool(replay["hit"])
+            row[f"transfer_loss:{target}"] = None if replay is None else replay["loss"]
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    first = [
+        "model",
+        "attack",
+        "kind",
+        "volume",
+        "slice",
+        "hit",
+        "loss",
+        "region_nmse",
+        "ip",
+        "rho",
+        "control",
+        "control_hit",
+        "found",
+        "evaluated",
+        "accepted",
+        "row",
+        "col",
+    ]
+    ordered = [c for c in first if c in frame.columns]
+    return frame[ordered + [c for c in frame.columns if c not in ordered]]
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=False)
+    atomic_write(path, (text + "\n").encode("utf-8"))
+
+
+def write_csv(path: str | Path, records: Sequence[dict]) -> None:
+    atomic_write(path, records_frame(records).to_csv(index=False).encode("utf-8"))

@@ -1,0 +1,227 @@
+"""The FNAF attacks: invariants, IP, strength ordering, ART's contract, the registry."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mri_audit.attack import FnafAttack, result_records
+from mri_audit.engine import FnafEngine
+from mri_audit.features import decode_features, paint
+from mri_audit.reconstructor import Reconstructor
+from mri_audit.registry import available_attacks, load_attack
+from tests.fnaf_helpers import Blur, Identity, TinyUnetish, context, estimator, smooth_slices
+
+FNAF = ("fnaf-rs", "fnaf-fd", "fnaf-pgd")
+
+
+@pytest.fixture(scope="module")
+def slices():
+    return smooth_slices(4, h=48, w=40, coils=1, seed=3)
+
+
+def run(name, est, ctx, **kw):
+    return load_attack(name)(est, **kw).attack(ctx)
+
+
+@pytest.mark.parametrize("name", FNAF)
+def test_batch_size_and_seed_invariance(name, slices):
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    results = [run(name, est, ctx, batch_size=b, seed=0) for b in (1, 3, 16)]
+    ref = results[0]
+    for res in results[1:] + [run(name, est, ctx, batch_size=16, seed=0)]:
+        assert torch.equal(res.features.rows, ref.features.rows)
+        assert torch.equal(res.features.cols, ref.features.cols)
+        torch.testing.assert_close(res.features.values, ref.features.values)
+        torch.testing.assert_close(res.loss, ref.loss, rtol=1e-4, atol=1e-9, equal_nan=True)
+        assert torch.equal(res.hit, ref.hit)
+        assert torch.equal(res.evaluated, ref.evaluated)
+    other = run(name, est, ctx, batch_size=16, seed=1)
+    assert not torch.equal(other.features.rows, ref.features.rows)
+
+
+def test_slice_results_do_not_depend_on_batch_composition(slices):
+    """A slice audited alone gives the same feature as inside a batch of slices."""
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    full = run("fnaf-rs", est, ctx)
+    alone = run("fnaf-rs", est, context(slices[2:3], names=["vol1.h5"]))
+    assert torch.equal(full.features.rows[2], alone.features.rows[0])
+
+
+@pytest.mark.parametrize("name", FNAF)
+def test_returned_features_satisfy_ip(name, slices):
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    eps = 5e-4
+    res = run(name, est, ctx, ip_epsilon=eps)
+    assert bool(res.found.any())
+    again = FnafEngine(est, ip_epsilon=0.0).evaluate(ctx, res.features.take(res.found))
+    assert bool((again.ip >= eps).all())
+    torch.testing.assert_close(again.loss, res.loss[res.found], rtol=1e-4, atol=1e-9)
+
+
+def test_ip_rejects_everything_with_huge_epsilon(slices):
+    ctx = context(slices)
+    res = run("fnaf-rs", estimator(TinyUnetish(), ctx.target_shape), ctx, ip_epsilon=1e9)
+    assert not bool(res.found.any()) and not bool(res.hit.any())
+    assert int(res.accepted.sum()) == 0 and int(res.evaluated.sum()) == 11 * 4
+
+
+def test_pgd_at_least_as_strong_as_its_start(slices):
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    rs = run("fnaf-rs", est, ctx)
+    pgd = run("fnaf-pgd", est, ctx)
+    grow = run("fnaf-pgd", est, ctx, grow=3)
+    assert bool((pgd.loss >= rs.loss - 1e-12).all())
+    assert bool((grow.loss >= rs.loss - 1e-12).all())
+    assert float(pgd.loss.mean()) > float(rs.loss.mean())
+
+
+def test_fd_uses_the_same_budget_as_rs(slices):
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    fd = run("fnaf-fd", est, ctx)
+    assert bool((fd.evaluated <= 11).all()) and bool((fd.evaluated >= 6).all())
+
+
+@pytest.mark.parametrize("name", FNAF)
+def test_identity_fully_sampled_has_zero_rates(name, slices):
+    ctx = context(slices, accel=1)
+    assert bool(ctx.mask.all())
+    est = estimator(Identity(), ctx.target_shape, normalize="none")
+    res = run(name, est, ctx)
+    assert bool(res.found.all())
+    assert not bool(res.hit.any()) and not bool(res.control_hit.any())
+    assert float(res.loss.max()) < 1e-8
+
+
+def test_heavy_blur_has_high_attack_rate(slices):
+    ctx = context(smooth_slices(6, h=48, w=48, seed=5))
+    res = run("fnaf-rs", estimator(Blur(9), ctx.target_shape), ctx)
+    assert float(res.hit.float().mean()) >= 0.8
+
+
+def test_control_is_clean_recon_on_the_same_region(slices):
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    res = run("fnaf-rs", est, ctx)
+    _, support = paint(res.features, ctx.target_shape)
+    from mri_audit.metrics import fnaf_region, region_loss
+
+    clean = FnafEngine(est).clean_reconstruction(ctx)
+    std = ctx.t_std[:, None, None]
+    expect = region_loss(clean / std, ctx.target / std, fnaf_region(support))
+    torch.testing.assert_close(res.control, expect, rtol=1e-4, atol=1e-10)
+
+
+def test_replayed_feature_gives_same_loss(slices):
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    res = run("fnaf-pgd", est, ctx)
+    records = result_records(ctx, res)
+    f = decode_features([r["feature"] for r in records], list(range(len(records))))
+    again = FnafEngine(est).evaluate(ctx, f)
+    torch.testing.assert_close(again.loss, res.loss, rtol=1e-5, atol=1e-10)
+
+
+def test_art_generate_numpy_in_numpy_out(slices):
+    est = estimator(TinyUnetish(), (48, 40))
+    x = torch.view_as_real(slices).numpy()
+    attack = load_attack("fnaf-rs")(est)
+    adv = attack.generate(x)
+    assert isinstance(adv, np.ndarray) and adv.shape == x.shape and adv.dtype == np.float32
+    assert not np.allclose(adv, x)
+    assert attack.last_result.found.all()
+    # Torch in, torch out, on the same device.
+    adv_t = attack.generate(torch.as_tensor(x))
+    assert isinstance(adv_t, torch.Tensor)
+    np.testing.assert_allclose(adv_t.numpy(), adv, atol=1e-6)
+
+
+def test_attack_params_checked_and_settable(slices):
+    est = estimator(TinyUnetish(), (48, 40))
+    cls = load_attack("fnaf-rs")
+    with pytest.raises(ValueError, match="candidates"):
+        cls(est, candidates=0)
+    with pytest.raises(ValueError, match="threshold"):
+        cls(est, threshold=-1)
+    attack = cls(est)
+    attack.set_params(candidates=3)
+    assert attack.candidates == 3
+    with pytest.raises(ValueError):
+        attack.set_params(not_a_param=1)
+
+
+def test_model_mode_and_requires_grad_restored_even_on_error(slices):
+    model = TinyUnetish()
+    model.train()
+    model.b.weight.requires_grad_(False)
+    est = estimator(model, (48, 40))
+    ctx = context(slices)
+
+    class Broken(FnafAttack):
+        def _search(self, ctx, engine):
+            assert not model.training
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        Broken(est).attack(ctx)
+    assert model.training
+    assert model.a.weight.requires_grad and not model.b.weight.requires_grad
+    run("fnaf-pgd", est, ctx)
+    assert model.training
+    assert model.a.weight.requires_grad and not model.b.weight.requires_grad
+
+
+def test_registry_lists_builtin_attacks_and_rejects_unknown():
+    names = set(available_attacks())
+    assert {"fnaf-rs", "fnaf-fd", "fnaf-pgd", "kspace-pgd"} <= names
+    from mri_audit.errors import UsageError
+
+    with pytest.raises(UsageError, match="fnaf-rs"):
+        load_attack("fnaf-nope")
+
+
+def test_kspace_pgd_degrades_reconstruction(slices):
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    res = load_attack("kspace-pgd")(est, eps=0.05, max_iter=5).attack(ctx)
+    assert bool((res.extra["nmse_adv"] > res.extra["nmse_clean"]).all())
+    assert bool((res.extra["perturbation"] <= 0.05 + 1e-4).all())
+
+
+def test_art_pgd_runs_on_reconstructor_and_changes_output(slices):
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    est = Reconstructor(TinyUnetish(), target_shape=(48, 40))
+    mask = np.zeros(40, dtype=bool)
+    mask[::3] = True
+    mask[18:22] = True
+    x = (torch.view_as_real(slices * torch.as_tensor(mask))).numpy()
+    y = np.abs(np.fft.ifft2(slices.numpy()))[:, 0].astype(np.float32)
+    before = est.predict(x)
+    eps = 0.1 * np.linalg.norm(x.reshape(len(x), -1), axis=1).reshape(-1, 1, 1, 1, 1)
+    pgd = ProjectedGradientDescent(est, norm=2, eps=eps, eps_step=eps / 4, max_iter=4,
+                                   num_random_init=0, targeted=False, verbose=False)
+    lines = np.broadcast_to(mask[None, None, None, :, None], x.shape).astype(np.float32)
+    adv = pgd.generate(x, y=y, mask=lines)
+    assert np.abs(est.predict(adv) - before).max() > 1e-4
+    assert np.abs(adv - x)[lines == 0].max() == 0
+
+
+def test_library_never_imports_attacks_package():
+    root = Path(__file__).resolve().parents[1] / "mri_audit"
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] == "attacks" for a in node.names), path
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert node.module.split(".")[0] != "attacks", path
