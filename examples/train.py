@@ -146,7 +146,7 @@ def train(
         loss.backward()
         opt.step()
         sched.step()
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             raise RuntimeError(f"loss is {value} at step {step}; lower --lr")
         smooth = value if math.isnan(smooth) else 0.98 * smooth + 0.02 * value
@@ -191,9 +191,7 @@ def evaluate(
             masks = [mask_func(batch.kspace.shape[-1], seed=volume_seed(v)) for v in batch.volumes]
             mask = mask_to_tensor(np.stack([m.columns for m in masks]))
             masked = batch.kspace * mask
-            out = recon.reconstruct(
-                masked, mask, num_low_frequencies=masks[0].num_low_frequencies
-            )
+            out = recon.reconstruct(masked, mask, num_low_frequencies=masks[0].num_low_frequencies)
             zf = recon.zero_filled_input(masked)
             scores["model"].update(batch.volumes, out, batch.target, batch.max_values)
             scores["zero_filled"].update(batch.volumes, zf, batch.target, batch.max_values)
@@ -274,7 +272,7 @@ def refresh_readme(folder: Path) -> Path:
         "regenerated from the cards by `examples/train.py`.",
         "",
     ]
-    text = "\n".join(header) + "\n".join(_card_section(c) for c in cards)
+    text = "\n".join(header) + "\n" + "\n".join(_card_section(c) for c in cards)
     readme = folder / "README.md"
     _atomic_write(readme, text.rstrip("\n") + "\n")
     return readme
@@ -315,9 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("saved %s; evaluating on the held-out split", args.out)
     metrics = evaluate(model, domain, accel=args.accel)
 
-    command = shlex.join(
-        ["python", "examples/train.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    command = shlex.join(["python", "examples/train.py", *(sys.argv[1:] if argv is None else argv)])
     card = {
         "weights": args.out.name,
         "model": spec,

@@ -112,7 +112,7 @@ class UNet(nn.Module):
             skips.append(x)
             x = F.avg_pool2d(x, kernel_size=2, stride=2)
         x = self.bottom(x)
-        for up, merge in zip(self.up, self.merge):
+        for up, merge in zip(self.up, self.merge):  # noqa: B905 (TorchScript has no strict=)
             skip = skips.pop()
             x = up(x)
             pad_w = skip.shape[-1] - x.shape[-1]

@@ -125,7 +125,7 @@ class _SmallUNet(nn.Module):
             skips.append(x)
             x = F.avg_pool2d(x, 2)
         x = self.bottom(x)
-        for up, merge in zip(self.up, self.merge):
+        for up, merge in zip(self.up, self.merge):  # noqa: B905 (TorchScript has no strict=)
             skip = skips.pop()
             x = up(x)
             pad_h, pad_w = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
@@ -237,7 +237,7 @@ class VarNet(nn.Module):
         """
         if masked_kspace.ndim != 5 or masked_kspace.shape[-1] != 2:
             raise ValueError(
-                f"masked_kspace must be (B, C, H, W, 2), got {tuple(masked_kspace.shape)}"
+                "masked_kspace must be (B, C, H, W, 2), got " + str(masked_kspace.shape)
             )
         measured = torch.view_as_complex(masked_kspace.float().contiguous())
         batch, width = measured.shape[0], measured.shape[-1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import h5py
@@ -168,6 +169,8 @@ class SliceDataset(torch.utils.data.Dataset):
     ) -> None:
         _check_limit("max_volumes", max_volumes)
         _check_limit("max_slices", max_slices)
+        if not isinstance(source, (str, os.PathLike)):
+            source = [Path(p) for p in source]
         self.source = source
         self.max_volumes, self.max_slices = max_volumes, max_slices
         files = resolve_files(source)[:max_volumes]
@@ -186,6 +189,11 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self._examples)
+
+    def keys(self) -> list[tuple[str, int]]:
+        """``(volume name, slice index)`` of every item, in order (no data is read)."""
+        names = self.volumes
+        return [(names[v], int(s)) for v, s in self._examples]
 
     def __getitem__(self, index: int) -> SliceSample:
         v, s = self._examples[index]
@@ -354,6 +362,11 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self._examples)
+
+    def keys(self) -> list[tuple[str, int]]:
+        """``(volume name, slice index)`` of every item, in order (no data is read)."""
+        names = self.volumes
+        return [(names[v], int(s)) for v, s in self._examples]
 
     def __getitem__(self, index: int) -> SliceSample:
         v, s = self._examples[index]

@@ -18,6 +18,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "DPI",
@@ -139,12 +140,14 @@ def location_heatmaps(
             )
             ax.set_xlim(x0 - 0.5, x1 - 0.5)
             ax.set_ylim(y1 - 0.5, y0 - 0.5)
-            ax.set_title(f"{title}  ({int(h.sum())} hits)")
+            ax.set_title(f"{_short(title, 40)}  ({int(h.sum())} hits)")
             ax.set_xticks([])
             ax.set_yticks([])
         if image is not None:
             cbar = fig.colorbar(image, ax=axes, shrink=0.8)
             cbar.set_label(f"hits per {cell}×{cell} px cell")
+            cbar.locator = MaxNLocator(integer=True)
+            cbar.update_ticks()
         return _png(fig)
 
 
@@ -178,7 +181,7 @@ def loss_histograms(
             ax.hist(_positive(loss, floor), bins=bins, color=PALETTE[1], alpha=0.75, label="attack")
             ax.axvline(threshold, color=PALETTE[0], ls="--", lw=1.2, label=f"τ = {threshold:g}")
             ax.set_xscale("log")
-            ax.set_title(title)
+            ax.set_title(_short(title, 40))
             ax.set_xlabel("loss L")
             ax.set_ylabel("slices")
             if i == 0:
@@ -208,8 +211,9 @@ def loss_ip_scatter(
     attacks = sorted({a for p in panels.values() for a in p})
     colour = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(attacks)}
     ncols = min(3, len(panels))
+    handles: dict[str, object] = {}
     with rc_context(STYLE):
-        fig = _figure(3.6 * ncols, 3.2 * math.ceil(len(panels) / ncols) + 0.1)
+        fig = _figure(3.6 * ncols + 1.4, 3.2 * math.ceil(len(panels) / ncols) + 0.1)
         for ax, (model, by_attack) in zip(
             _grid(fig, len(panels), ncols), panels.items(), strict=True
         ):
@@ -225,13 +229,14 @@ def loss_ip_scatter(
                     facecolors="none",
                     edgecolors="#9e9e9e",
                     lw=0.8,
+                    label="no hit",
                 )
                 ax.scatter(
                     d[ok & hit],
                     loss[ok & hit],
                     s=16,
                     color=colour[attack],
-                    label=f"{attack} hit",
+                    label=f"{_short(attack)} hit",
                     alpha=0.85,
                 )
             ax.axhline(threshold, color=PALETTE[0], ls="--", lw=1.1, label=f"τ = {threshold:g}")
@@ -240,8 +245,10 @@ def loss_ip_scatter(
             ax.set_yscale("log")
             ax.set_xlabel("IP distance D")
             ax.set_ylabel("loss L")
-            ax.set_title(model)
-            ax.legend(loc="lower right", frameon=False, fontsize=7)
+            ax.set_title(_short(model, 40))
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, handle)
+        fig.legend(list(handles.values()), list(handles), loc="outside right upper", frameon=False)
         return _png(fig)
 
 
@@ -253,9 +260,9 @@ def transfer_heatmaps(
     Args:
         panels: title -> (source names, target names, rates (nan: none), replay counts).
     """
-    ncols = min(2, len(panels))
+    ncols = min(4, len(panels))
     first = next(iter(panels.values()))
-    side = 0.9 * max(len(first[0]), len(first[1])) + 2.2
+    side = 0.75 * max(len(first[0]), len(first[1])) + 1.6
     with rc_context(STYLE):
         fig = _figure(side * ncols + 0.6, side * math.ceil(len(panels) / ncols))
         image = None
@@ -279,7 +286,7 @@ def transfer_heatmaps(
             ax.set_yticks(range(len(sources)), [_short(s) for s in sources])
             ax.set_xlabel("target model")
             ax.set_ylabel("source model")
-            ax.set_title(title)
+            ax.set_title(_short(title, 40))
         if image is not None:
             fig.colorbar(image, ax=fig.axes, shrink=0.8, label="transfer rate")
         return _png(fig)
@@ -311,7 +318,7 @@ def worst_case_panel(
             img = np.asarray(img, dtype=np.float32)
             ax.imshow(img, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
             ax.add_collection(LineCollection(outline, colors="#ffd166", linewidths=0.6))
-            ax.set_title(title)
+            ax.set_title(_short(title))
             ax.set_xticks([])
             ax.set_yticks([])
             inset = ax.inset_axes([0.56, 0.56, 0.42, 0.42])
@@ -327,5 +334,7 @@ def worst_case_panel(
         return _png(fig)
 
 
-def _short(name: str, n: int = 18) -> str:
-    return name if len(name) <= n else name[: n - 1] + "…"
+def _short(name: str, n: int = 24) -> str:
+    """A label for user text: at most ``n`` characters, ``$`` escaped (no mathtext)."""
+    name = str(name) if len(str(name)) <= n else str(name)[: n - 1] + "…"
+    return name.replace("$", r"\$")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import NamedTuple
 
@@ -345,8 +345,7 @@ def write_volume(path: str | os.PathLike, volume: PhantomVolume, *, patient_id: 
     slices, coils, kh, kw = volume.kspace.shape
     size = volume.target.shape[-2:]
     multicoil = coils > 1
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with h5py.File(tmp, "w") as hf:
             kspace = volume.kspace if multicoil else volume.kspace[:, 0]
@@ -361,7 +360,7 @@ def write_volume(path: str | os.PathLike, volume: PhantomVolume, *, patient_id: 
             hf.attrs["patient_id"] = str(patient_id)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

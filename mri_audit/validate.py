@@ -119,28 +119,54 @@ def validate_reconstructor(
                 f"{name} failed on one {domain}-domain slice: {type(err).__name__}: {msg} ({hint})"
             ) from err
 
+    raw: list[torch.Tensor] = []
+    try:  # the model's own output, before de-normalisation (ScriptModules take no hooks)
+        handle = estimator.model.register_forward_hook(
+            lambda mod, args, output: raw.append(output.detach())
+        )
+    except (RuntimeError, AttributeError):
+        handle = None
     with estimator.evaluation(), torch.no_grad():
-        out = forward(masked)
-        if not torch.isfinite(out).all():
-            raise ModelError(
-                f"{name} returned NaN or Inf on a clean slice; check the weights, the "
-                "normalisation (--normalize) and the input domain (--input)"
-            )
-        other = forward(torch.flip(masked, dims=(-2,)) * 0.5 + masked.roll(7, dims=-2) * 0.5)
-        if torch.equal(out, other):
+        try:
+            out = forward(masked)
+            if not torch.isfinite(out).all():
+                raise ModelError(
+                    f"{name} returned NaN or Inf on a clean slice; check the weights, the "
+                    "normalisation (--normalize) and the input domain (--input)"
+                )
+            other = forward(torch.flip(masked, dims=(-2,)) * 0.5 + masked.roll(7, dims=-2) * 0.5)
+        finally:
+            if handle is not None:
+                handle.remove()
+        same = torch.equal(raw[0], raw[1]) if len(raw) == 2 else torch.equal(out, other)
+        if same:
             raise ModelError(
                 f"{name} gives the same output for different inputs: it ignores its input "
                 "(check that forward uses its argument)"
             )
     if need_gradient:
+        raw_grad: list[torch.Tensor] = []
+        try:
+            handle = estimator.model.register_forward_hook(
+                lambda mod, args, output: raw_grad.append(output)
+            )
+        except (RuntimeError, AttributeError):
+            handle = None
         with estimator.evaluation():
             x = masked.detach().clone().requires_grad_(True)
             try:
                 out = forward(x)
-                (grad,) = torch.autograd.grad(out.square().sum(), x, allow_unused=True)
+                # The model's own output must carry the gradient, not just de-normalisation.
+                target = raw_grad[0] if raw_grad else out
+                grad = None
+                if target.requires_grad:
+                    (grad,) = torch.autograd.grad(target.square().sum(), x, allow_unused=True)
             except RuntimeError as err:
                 grad = None
                 logger.debug("gradient check failed: %s", err)
+            finally:
+                if handle is not None:
+                    handle.remove()
             if grad is None or not torch.isfinite(grad).all() or not grad.abs().sum() > 0:
                 raise ModelError(
                     f"{name} is not differentiable with respect to its input, which gradient "

@@ -172,4 +172,5 @@ def test_make_volume_is_fast() -> None:
     make_volume(0, slices=1, size=64)  # warm-up
     start = time.perf_counter()
     make_volume(1, slices=8, size=320)
-    assert time.perf_counter() - start < 3.0  # typically ~0.2 s
+    # ~0.2 s on an idle CPU; the bound is loose so a busy machine does not fail the test.
+    assert time.perf_counter() - start < 10.0

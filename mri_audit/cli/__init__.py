@@ -40,11 +40,13 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 
 def _register() -> None:
-    from mri_audit.cli import attacks_cmd, check, data
+    from mri_audit.cli import attacks_cmd, check, data, report_cmd, run
 
-    cli.add_command(data.data)
-    cli.add_command(attacks_cmd.attacks)
+    cli.add_command(run.run)
     cli.add_command(check.check)
+    cli.add_command(report_cmd.report)
+    cli.add_command(attacks_cmd.attacks)
+    cli.add_command(data.data)
 
 
 _register()

@@ -37,15 +37,22 @@ def data() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder to write the .h5 files into (created if missing).",
 )
-@click.option("--volumes", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--slices", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--volumes", type=click.IntRange(min=1), default=4, show_default=True, help="Files to write."
+)
+@click.option(
+    "--slices", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per volume."
+)
 @click.option(
     "--size", type=click.IntRange(min=16), default=320, show_default=True, help="Target size."
 )
-@click.option("--coils", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--coils", type=click.IntRange(min=1), default=1, show_default=True, help="1 = single-coil."
+)
 @click.option(
     "--kspace-shape",
     type=KSpaceShape(),
+    metavar="HxW",
     default=None,
     help="k-space grid, at least SIZExSIZE (e.g. 640x368 mimics fastMRI knee oversampling) "
     "[default: SIZExSIZE].",
@@ -57,7 +64,7 @@ def data() -> None:
     show_default=True,
     help="k-space noise std relative to the image maximum.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Base seed of the volumes.")
 @click.option("--prefix", default="synth", show_default=True, help="File name prefix.")
 def synth(
     out: Path,
@@ -101,8 +108,10 @@ def synth(
 
 @data.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--max-volumes", type=click.IntRange(min=1), default=None)
-@click.option("--max-slices", type=click.IntRange(min=1), default=None)
+@click.option("--max-volumes", type=click.IntRange(min=1), default=None, help="First N files only.")
+@click.option(
+    "--max-slices", type=click.IntRange(min=1), default=None, help="Central N slices per volume."
+)
 def info(path: Path, max_volumes: int | None, max_slices: int | None) -> None:
     """Check a fastMRI .h5 file or folder and describe it."""
     from mri_audit.data import open_dataset

@@ -1,0 +1,125 @@
+"""Model loading and validation failures through the CLI: one line, the right exit code."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mri_audit.cli import cli
+
+GOOD = """
+import torch
+class Net(torch.nn.Module):
+    def __init__(self, k=3):
+        super().__init__()
+        self.c = torch.nn.Conv2d(1, 1, k, padding=k // 2)
+    def forward(self, x):
+        return x + self.c(x)
+"""
+
+BAD_MODELS = {
+    "syntax": ("def broken(:\n", "Net", "syntax error in model file"),
+    "import": ("import torch\nimport not_a_module_xyz\n", "Net", "No module named"),
+    "missing": (GOOD, "Nte", "did you mean 'Net'"),
+    "not_module": ("def Net():\n    return 3\n", "Net", "not a torch.nn.Module"),
+    "ctor": (GOOD.replace("def __init__(self, k=3)", "def __init__(self, k)"), "Net",
+             "constructing"),
+    "shape": ("import torch\nclass Net(torch.nn.Module):\n"
+              "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
+              "    def forward(self, x):\n        return (x * self.w)[..., :5, :5]\n",
+              "Net", "image-domain models get"),
+    "complex": ("import torch\nclass Net(torch.nn.Module):\n"
+                "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
+                "    def forward(self, x):\n        return (x * self.w).to(torch.complex64)\n",
+                "Net", "complex"),
+    "int": ("import torch\nclass Net(torch.nn.Module):\n"
+            "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
+            "    def forward(self, x):\n        return (x * self.w).long()\n",
+            "Net", "floating-point"),
+    "nan": ("import torch\nclass Net(torch.nn.Module):\n"
+            "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
+            "    def forward(self, x):\n        return x * self.w * float('nan')\n",
+            "Net", "NaN or Inf"),
+    "constant": ("import torch\nclass Net(torch.nn.Module):\n"
+                 "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
+                 "    def forward(self, x):\n        return torch.ones_like(x) * self.w\n",
+                 "Net", "ignores its input"),
+    "device": ("import torch\nclass Net(torch.nn.Module):\n"
+               "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
+               "    def forward(self, x):\n        return torch.empty(x.shape, device='meta')\n",
+               "Net", "keep outputs on the input's device"),
+}
+
+
+def _check(tmp_path, source: str, name: str, *extra: str):
+    path = tmp_path / "model.py"
+    path.write_text(textwrap.dedent(source))
+    args = ["check", "--model", f"{path}:{name}", "--max-volumes", "1", "--max-slices", "1",
+            *extra]
+    return CliRunner().invoke(cli, args)
+
+
+def _assert_one_line_error(result, code: int, phrase: str) -> None:
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert phrase in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODELS))
+def test_model_failures_give_one_line(tmp_path, case):
+    source, name, phrase = BAD_MODELS[case]
+    _assert_one_line_error(_check(tmp_path, source, name), 5, phrase)
+
+
+def test_model_file_not_found(tmp_path):
+    result = CliRunner().invoke(cli, ["check", "--model", f"{tmp_path}/nope.py:Net"])
+    _assert_one_line_error(result, 5, "model file not found")
+
+
+def test_state_dict_mismatch_and_missing_weights(tmp_path):
+    wrong = {"c.weight": torch.zeros(1, 1, 5, 5), "extra": torch.zeros(1)}
+    torch.save(wrong, tmp_path / "w.pt")
+    result = _check(tmp_path, GOOD, "Net", "--weights", str(tmp_path / "w.pt"))
+    _assert_one_line_error(result, 5, "do not fit")
+    assert "shape mismatch: c.weight" in result.output and "unexpected keys: extra" in result.output
+    result = _check(tmp_path, GOOD, "Net", "--weights", str(tmp_path / "none.pt"))
+    _assert_one_line_error(result, 5, "not found")
+
+
+def test_not_differentiable_when_gradient_attack_requested(tmp_path):
+    source = GOOD.replace("return x + self.c(x)",
+                          "with torch.no_grad():\n            return x + self.c(x)")
+    path = tmp_path / "model.py"
+    path.write_text(source)
+    result = CliRunner().invoke(cli, [
+        "run", "--model", f"{path}:Net", "--max-volumes", "1", "--max-slices", "1",
+        "--attacks", "fnaf-pgd", "--out", str(tmp_path / "out"), "--no-progress"])
+    _assert_one_line_error(result, 5, "not differentiable")
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_model_arg_and_input_domain(tmp_path):
+    result = _check(tmp_path, GOOD, "Net", "--model-arg", "k=5")
+    assert result.exit_code == 0, result.output
+    assert "parameters  26" in result.output  # 5x5 kernel + bias
+    result = _check(tmp_path, GOOD, "Net", "--model-arg", "k=5", "--input", "kspace")
+    _assert_one_line_error(result, 5, "k-space models get")
+
+
+def test_check_prints_margin_over_zero_filled(tmp_path):
+    result = _check(tmp_path, GOOD, "Net")
+    assert result.exit_code == 0, result.output
+    for word in ("domain      image", "device      cpu", "SSIM", "zero-filled", "margin"):
+        assert word in result.output
+
+
+def test_bad_acceleration_and_device(tmp_path):
+    _assert_one_line_error(_check(tmp_path, GOOD, "Net", "--accel", "0.5"), 2, "--accel")
+    if not torch.cuda.is_available():
+        _assert_one_line_error(_check(tmp_path, GOOD, "Net", "--device", "cuda"), 6, "CUDA")

@@ -1,0 +1,162 @@
+"""The example models in ``examples/``: loading with shipped weights, export, coil handling."""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mri_audit.data import SliceBatch, SyntheticDataset, collate
+from mri_audit.physics import make_mask_func, mask_to_tensor, volume_seed, zero_filled
+from mri_audit.plugins import load_model
+from mri_audit.reconstructor import Reconstructor
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+WEIGHTS = EXAMPLES / "weights"
+SHIPPED = ["unet_4x.pt", "unet_8x.pt", "varnet_4x.pt"]
+MAX_BYTES = 10 * 1024 * 1024
+SIZE = 64
+
+# (spec, weights file or None, input domain, acceleration)
+MODELS = [
+    ("unet.py:UNet", "unet_4x.pt", "image", 4),
+    ("unet.py:UNet", "unet_8x.pt", "image", 8),
+    ("varnet.py:VarNet", "varnet_4x.pt", "kspace", 4),
+    ("zero_filled.py:ZeroFilled", None, "image", 4),
+]
+OPTIONAL = [("varnet.py:VarNet", "varnet_8x.pt", "kspace", 8)]
+
+
+def _available_models() -> list[tuple[str, str | None, str, int]]:
+    return MODELS + [m for m in OPTIONAL if (WEIGHTS / m[1]).is_file()]
+
+
+def _batch(coils: int = 1) -> SliceBatch:
+    ds = SyntheticDataset(split="val", volumes=1, slices=2, size=SIZE, coils=coils)
+    return collate([ds[i] for i in range(len(ds))])
+
+
+@pytest.fixture(scope="module")
+def batch() -> SliceBatch:
+    return _batch(coils=1)
+
+
+def _masked(batch: SliceBatch, accel: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    func = make_mask_func("random", accel)
+    masks = [func(batch.kspace.shape[-1], seed=volume_seed(v)) for v in batch.volumes]
+    mask = mask_to_tensor(np.stack([m.columns for m in masks]))
+    return batch.kspace * mask, mask, masks[0].num_low_frequencies
+
+
+def _load(spec: str, weights: str | None):
+    return load_model(str(EXAMPLES / spec), weights=None if weights is None else WEIGHTS / weights)
+
+
+def _script_module(name: str) -> types.ModuleType:
+    path = EXAMPLES / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_examples_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_weights_shipped_and_small(name: str) -> None:
+    path = WEIGHTS / name
+    assert path.is_file(), f"missing {path}"
+    assert path.stat().st_size < MAX_BYTES
+    assert (WEIGHTS / f"{name}.json").is_file()
+    assert name in (WEIGHTS / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("spec", "weights", "domain", "accel"), _available_models())
+def test_example_loads_and_reconstructs(
+    spec: str, weights: str | None, domain: str, accel: int, batch: SliceBatch
+) -> None:
+    loaded = _load(spec, weights)
+    assert loaded.input_domain == domain
+    model = loaded.module.eval()
+    recon = Reconstructor(model, input_domain=domain, target_shape=(SIZE, SIZE))
+    masked, mask, nlf = _masked(batch, accel)
+    with torch.no_grad():
+        out = recon.reconstruct(masked, mask, num_low_frequencies=nlf)
+    assert out.shape == (len(batch), SIZE, SIZE)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert out.abs().max() > 0
+
+
+def test_unet_torchscript_export_matches(tmp_path: Path, batch: SliceBatch) -> None:
+    exporter = _script_module("export_torchscript")
+    out_path = tmp_path / "unet_4x.ts"
+    exporter.export(str(EXAMPLES / "unet.py:UNet"), out_path, weights=WEIGHTS / "unet_4x.pt")
+    python = _load("unet.py:UNet", "unet_4x.pt").module.eval()
+    ts = load_model(str(out_path))
+    assert ts.kind == "torchscript"
+    assert ts.input_domain == "image"  # mri_audit_input survives the export
+    masked, mask, nlf = _masked(batch, 4)
+    with torch.no_grad():
+        outs = [
+            Reconstructor(m, input_domain="image", target_shape=(SIZE, SIZE)).reconstruct(
+                masked, mask, num_low_frequencies=nlf
+            )
+            for m in (python, ts.module.eval())
+        ]
+        image = torch.randn(2, 1, 40, 56, generator=torch.Generator().manual_seed(0))
+        raw = [python(image), ts.module(image)]
+    scale = outs[0].abs().max()
+    torch.testing.assert_close(outs[1] / scale, outs[0] / scale, atol=1e-5, rtol=0)
+    torch.testing.assert_close(raw[1], raw[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("coils", [1, 4])
+def test_varnet_single_and_multi_coil(coils: int) -> None:
+    batch = _batch(coils=coils) if coils > 1 else _batch()
+    model = _load("varnet.py:VarNet", "varnet_4x.pt").module.eval()
+    recon = Reconstructor(model, input_domain="kspace", target_shape=(SIZE, SIZE))
+    masked, mask, nlf = _masked(batch, 4)
+    with torch.no_grad():
+        given = recon.reconstruct(masked, mask, num_low_frequencies=nlf)
+        found = recon.reconstruct(masked, mask)  # ACS found from the mask
+        raw = model(torch.view_as_real(masked), mask[..., None])
+    assert raw.shape == (len(batch), SIZE, SIZE)
+    for out in (given, found):
+        assert out.shape == (len(batch), SIZE, SIZE)
+        assert torch.isfinite(out).all()
+    # The reconstruction is closer to the target than zero-filling.
+    zf = zero_filled(masked, None, (SIZE, SIZE))
+    assert (given - batch.target).norm() < (zf - batch.target).norm()
+
+
+def test_varnet_acs_mask() -> None:
+    acs_mask = _script_module("varnet").acs_mask
+    func = make_mask_func("random", 4)
+    m = func(SIZE, seed=volume_seed("x.h5"))
+    cols = torch.from_numpy(m.columns)[None]
+    centre = torch.zeros_like(cols)
+    pad = (SIZE - m.num_low_frequencies + 1) // 2
+    centre[:, pad : pad + m.num_low_frequencies] = True
+    assert torch.equal(acs_mask(cols, m.num_low_frequencies), centre)
+    found = acs_mask(cols)
+    assert bool((found <= cols).all()) and bool((found >= centre).all())
+    empty_centre = cols.clone()
+    empty_centre[:, SIZE // 2] = False
+    empty_centre[:, SIZE // 2 - 1] = False
+    assert torch.equal(acs_mask(empty_centre), empty_centre)  # falls back to every column
+
+
+def test_zero_filled_example_equals_physics(batch: SliceBatch) -> None:
+    model = _load("zero_filled.py:ZeroFilled", None).module.eval()
+    recon = Reconstructor(model, input_domain="image", target_shape=(SIZE, SIZE))
+    masked, mask, _ = _masked(batch, 4)
+    with torch.no_grad():
+        out = recon.reconstruct(masked, mask)
+    expected = zero_filled(batch.kspace, mask, (SIZE, SIZE))
+    scale = expected.abs().max()
+    torch.testing.assert_close(out / scale, expected / scale, atol=1e-6, rtol=0)

@@ -1,0 +1,194 @@
+"""`mri-audit run` end to end through CliRunner, on tiny models and synthetic fastMRI files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from mri_audit.cli import cli
+
+NET = """
+import torch
+class Net(torch.nn.Module):
+    def __init__(self, k=3, blur=False):
+        super().__init__()
+        self.c = torch.nn.Conv2d(1, 1, k, padding=k // 2)
+        torch.nn.init.constant_(self.c.weight, 1.0 / k**2 if blur else 0.0)
+        torch.nn.init.zeros_(self.c.bias)
+        self.blur = blur
+    def forward(self, x):
+        return self.c(x) if self.blur else x + self.c(x)
+"""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    (root / "net.py").write_text(NET)
+    odd = root / "<script>alert(1)<"
+    odd.mkdir()
+    (odd / "<script>x.py").write_text(NET)
+    return root
+
+
+def _run(tmp_path, data, models, *extra, out="audit", check=True):
+    args = ["run", "--model", f"{models}/net.py:Net", "--compare",
+            f"{models}/net.py:Net", "--data", str(data), "--max-slices", "2",
+            "--candidates", "4", "--attacks", "fnaf-rs,fnaf-fd,fnaf-pgd", "--out",
+            str(tmp_path / out), "--no-progress", *extra]
+    result = CliRunner().invoke(cli, args)
+    if check:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def audit(tmp_path_factory, singlecoil_dir, models):
+    tmp = tmp_path_factory.mktemp("run")
+    _run(tmp, singlecoil_dir, models)
+    return tmp / "audit"
+
+
+def test_run_writes_all_files(audit):
+    for name in ("records.jsonl", "records.csv", "results.json", "report.html"):
+        assert (audit / name).stat().st_size > 0, name
+    results = json.loads((audit / "results.json").read_text())
+    assert results["schema_version"] == 1
+    assert [m["name"] for m in results["models"]] == ["net.py:Net", "net.py:Net#2"]
+    assert results["models"][0]["source_sha256"]
+    assert set(results["attacks"]["net.py:Net"]) == {"fnaf-rs", "fnaf-fd", "fnaf-pgd"}
+    assert results["config"]["candidates"] == 4
+
+
+def _close(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_results_equal_a_recount_from_records_csv(audit):
+    results = json.loads((audit / "results.json").read_text())
+    df = pd.read_csv(audit / "records.csv")
+    assert len(df) == 2 * 3 * 4  # models x attacks x (2 volumes x 2 slices)
+    for (model, attack), g in df.groupby(["model", "attack"]):
+        agg = results["attacks"][model][attack]
+        assert agg["attack_rate"]["count"] == int(g["hit"].sum())
+        assert agg["attack_rate"]["total"] == len(g)
+        assert agg["ip_acceptance"]["count"] == int(g["accepted"].sum())
+        assert agg["ip_acceptance"]["total"] == int(g["evaluated"].sum())
+        assert agg["control_rate"]["count"] == int(g["control_hit"].sum())
+        found = g[g["found"]]
+        assert _close(agg["loss"]["mean"], float(found["loss"].mean()))
+        assert _close(agg["loss"]["q50"], float(found["loss"].median()))
+        assert _close(agg["rho"]["mean"], float(found["rho"].mean()))
+        # Transfer: the share of this model's hits that also hit the other model.
+        other = [c for c in g.columns if c.startswith("transfer_hit:")]
+        for col in other:
+            target = col.split(":", 1)[1]
+            if target == model:
+                continue
+            hits = g[g["hit"]]
+            cell = results["transfer"].get(attack, {}).get(model, {}).get(target)
+            if len(hits):
+                assert cell["total"] == len(hits)
+                assert cell["count"] == int(hits[col].astype(bool).sum())
+    # Clean metrics: fastMRI per-volume SSIM/NMSE/PSNR, then the mean over volumes.
+    for model, g in df[df["attack"] == "fnaf-rs"].groupby("model"):
+        per_volume = g.groupby("volume").agg(
+            ssim=("clean_ssim", "mean"), err=("clean_sq_err", "sum"),
+            norm=("clean_sq_norm", "sum"), pix=("clean_pixels", "sum"),
+            dr=("data_range", "max"))
+        nmse = (per_volume["err"] / per_volume["norm"]).mean()
+        psnr = (10 * (per_volume["dr"] ** 2 / (per_volume["err"] / per_volume["pix"]))
+                .map(math.log10)).mean()
+        assert _close(results["clean"][model]["ssim"], float(per_volume["ssim"].mean()))
+        assert _close(results["clean"][model]["nmse"], float(nmse))
+        assert _close(results["clean"][model]["psnr"], float(psnr))
+
+
+def test_records_hold_features_that_replay(audit):
+    df = pd.read_csv(audit / "records.csv")
+    row = df[df["found"]].iloc[0]
+    feature = json.loads(row["feature"])
+    assert len(feature["rows"]) == len(feature["values"]) >= 1
+    assert {"volume", "slice", "row", "col", "ip", "rho", "region_nmse"} <= set(df.columns)
+
+
+def test_existing_output_is_never_silently_replaced(audit, singlecoil_dir, models):
+    before = (audit / "results.json").read_bytes()
+    result = _run(audit.parent, singlecoil_dir, models, check=False)
+    assert result.exit_code == 2 and "--force" in result.output
+    assert (audit / "results.json").read_bytes() == before
+
+
+def test_resume_recomputes_nothing_and_refuses_changed_config(tmp_path, singlecoil_dir, models):
+    _run(tmp_path, singlecoil_dir, models)
+    out = tmp_path / "audit"
+    full = json.loads((out / "results.json").read_text())
+    lines = (out / "records.jsonl").read_text().splitlines(keepends=True)
+    # Keep the header and the first batch, then a torn line, as after a crash.
+    (out / "records.jsonl").write_text("".join(lines[:7]) + lines[7][:20])
+    (out / "results.json").unlink()
+    _run(tmp_path, singlecoil_dir, models, "--resume")
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["attacks"] == full["attacks"] and resumed["clean"] == full["clean"]
+    result = _run(tmp_path, singlecoil_dir, models, "--resume", "--threshold", "0.5",
+                  check=False)
+    assert result.exit_code == 2 and "threshold" in result.output
+
+
+def test_max_attack_rate_sets_exit_status(tmp_path, singlecoil_dir, models):
+    result = _run(tmp_path, singlecoil_dir, models, "--model-arg", "blur=True",
+                  "--model-arg", "k=9", "--max-attack-rate", "0.0", check=False)
+    assert result.exit_code == 3, result.output
+    assert (tmp_path / "audit" / "report.html").exists()
+    assert "exceeds --max-attack-rate" in result.output
+    ok = _run(tmp_path, singlecoil_dir, models, "--max-attack-rate", "1.0", out="b")
+    assert ok.exit_code == 0
+
+
+def test_config_file_and_flags_combine(tmp_path, singlecoil_dir, models):
+    cfg = tmp_path / "audit.toml"
+    cfg.write_text('candidates = 2\nthreshold = 0.5\nattacks = "fnaf-rs"\nseed = 7\n')
+    result = _run(tmp_path, singlecoil_dir, models, "--config", str(cfg), "--candidates", "3")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "audit" / "results.json").read_text())["config"]
+    # The file sets threshold, seed and attacks... but --attacks on the command line wins.
+    assert config["threshold"] == 0.5 and config["seed"] == 7
+    assert config["candidates"] == 3
+    assert config["attacks"] == ["fnaf-rs", "fnaf-fd", "fnaf-pgd"]
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ("nonsense_key = 1\n", "unknown key 'nonsense_key'"),
+    ('candidates = "many"\n', "config key 'candidates'"),
+    ("candidates = [\n", "not valid TOML"),
+])
+def test_bad_config_files(tmp_path, singlecoil_dir, models, text, phrase):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    result = _run(tmp_path, singlecoil_dir, models, "--config", str(cfg), check=False)
+    assert result.exit_code == 2
+    assert phrase in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "audit").exists()
+
+
+def test_model_name_with_script_tag_is_escaped(tmp_path, singlecoil_dir, models):
+    spec = f"{models}/<script>alert(1)</<script>x.py:Net"  # folder "<script>alert(1)<"
+    result = CliRunner().invoke(cli, [
+        "run", "--model", spec, "--data", str(singlecoil_dir), "--max-volumes", "1",
+        "--max-slices", "1", "--candidates", "2", "--attacks", "fnaf-rs", "--out",
+        str(tmp_path / "x"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "x" / "report.html").read_text()
+    assert "&lt;script&gt;x.py:Net" in html
+    assert "<script" not in html
+
+
+def test_unknown_attack_lists_known(tmp_path, singlecoil_dir, models):
+    result = _run(tmp_path, singlecoil_dir, models, "--attacks", "fnaf-nope", check=False)
+    assert result.exit_code == 2 and "fnaf-rs" in result.output
