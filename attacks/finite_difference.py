@@ -55,7 +55,7 @@ class FiniteDifference(FnafAttack):
 
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
         slice_index, candidate = candidate_grid(ctx, self.restarts)
-        base = random_walks(ctx, slice_index, candidate, steps=self.steps, seed=self.seed)
+        base = random_walks(ctx, slice_index, candidate, steps=self.walk_steps, seed=self.seed)
         (r_lo, r_hi), (c_lo, c_hi) = self._shift_range(ctx, base)
         zero = torch.zeros_like(slice_index)
         dr, dc = zero.clone(), zero.clone()

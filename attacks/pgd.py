@@ -35,18 +35,13 @@ class FnafPGD(RandomSearch):
     def __init__(
         self, estimator, *, steps: int = 8, step_size: float = 0.1, grow: int = 0, **kwargs
     ):
-        self.pgd_steps, self.step_size, self.grow = steps, step_size, grow
+        self.steps, self.step_size, self.grow = steps, step_size, grow
         super().__init__(estimator, **kwargs)
-
-    def set_params(self, **kwargs) -> None:
-        if "steps" in kwargs:
-            kwargs["pgd_steps"] = kwargs.pop("steps")
-        super().set_params(**kwargs)
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not isinstance(self.pgd_steps, numbers.Integral) or self.pgd_steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {self.pgd_steps!r}")
+        if not isinstance(self.steps, numbers.Integral) or self.steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {self.steps!r}")
         if not isinstance(self.grow, numbers.Integral) or self.grow < 0:
             raise ValueError(f"grow must be an integer >= 0, got {self.grow!r}")
         if not isinstance(self.step_size, numbers.Real) or not self.step_size > 0:
@@ -54,7 +49,7 @@ class FnafPGD(RandomSearch):
 
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
         features, scores = super()._search(ctx, engine)
-        if self.pgd_steps == 0:
+        if self.steps == 0:
             return features, scores
         start = self._finish(ctx, features, scores)
         found = start.found.nonzero().squeeze(1)
@@ -86,7 +81,7 @@ class FnafPGD(RandomSearch):
         h, w = ctx.target_shape
         best = f._replace(values=f.values.detach().clone())
         best_loss = torch.full((f.count,), -float("inf"), device=lo.device)
-        for it in range(self.pgd_steps + 1):
+        for it in range(self.steps + 1):
             values = f.values.detach().requires_grad_(True)
             probe = torch.zeros(f.count, h, w, device=lo.device, requires_grad=bool(self.grow))
             loss, ip = engine.loss_with_grad(ctx, f._replace(values=values), probe=probe)
@@ -100,7 +95,7 @@ class FnafPGD(RandomSearch):
                 ),
                 si,
             )
-            if it == self.pgd_steps:
+            if it == self.steps:
                 break
             inputs = [values, probe] if self.grow else [values]
             grads = torch.autograd.grad(loss.sum(), inputs)

@@ -28,5 +28,5 @@ class RandomSearch(FnafAttack):
 
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
         slice_index, candidate = candidate_grid(ctx, self.candidates)
-        features = random_walks(ctx, slice_index, candidate, steps=self.steps, seed=self.seed)
+        features = random_walks(ctx, slice_index, candidate, steps=self.walk_steps, seed=self.seed)
         return features, engine.evaluate(ctx, features)

@@ -141,7 +141,8 @@ class FnafAttack(EvasionAttack):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
     @property
-    def steps(self) -> int | tuple[int, int]:
+    def walk_steps(self) -> int | tuple[int, int]:
+        """The random-walk length (or range) as ints."""
         s = self.feature_steps
         return int(s) if isinstance(s, numbers.Integral) else (int(s[0]), int(s[1]))
 

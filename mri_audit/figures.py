@@ -176,6 +176,7 @@ def loss_histograms(
                 bins=bins,
                 color="#9e9e9e",
                 alpha=0.7,
+                histtype="stepfilled",
                 label="control (no feature)",
             )
             ax.hist(_positive(loss, floor), bins=bins, color=PALETTE[1], alpha=0.75, label="attack")
@@ -184,6 +185,7 @@ def loss_histograms(
             ax.set_title(_short(title, 40))
             ax.set_xlabel("loss L")
             ax.set_ylabel("slices")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             if i == 0:
                 ax.legend(loc="upper left", frameon=False)
         return _png(fig)
@@ -311,6 +313,9 @@ def worst_case_panel(
     cy = float(np.mean(rows)) if len(rows) else images[0][1].shape[0] / 2
     cx = float(np.mean(cols)) if len(cols) else images[0][1].shape[1] / 2
     half = zoom / 2
+    h, w = np.asarray(images[0][1]).shape[:2]
+    # The inset goes in the corner opposite the feature, so it never hides it.
+    corner = [0.02 if cx > w / 2 else 0.58, 0.58 if cy > h / 2 else 0.02, 0.4, 0.4]
     outline = feature_outline(rows, cols)
     with rc_context(STYLE):
         fig = _figure(2.35 * len(images), 2.6)
@@ -321,7 +326,7 @@ def worst_case_panel(
             ax.set_title(_short(title))
             ax.set_xticks([])
             ax.set_yticks([])
-            inset = ax.inset_axes([0.56, 0.56, 0.42, 0.42])
+            inset = ax.inset_axes(corner)
             inset.imshow(img, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
             inset.add_collection(LineCollection(outline, colors="#ffd166", linewidths=1.0))
             inset.set_xlim(cx - half, cx + half)

@@ -22,6 +22,7 @@ from tests.report_fixture import FNAF_ATTACKS, build_audit_folder
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
+LIGHT = {"slices": 2, "records": False, "images": False}  # no figures: fast
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
@@ -230,14 +231,14 @@ def test_missing_records_and_images_are_noted(tmp_path):
 
 
 def test_no_threshold_and_pass(tmp_path):
-    html = render_report(build_audit_folder(tmp_path / "a", max_attack_rate=None, slices=2))
+    html = render_report(build_audit_folder(tmp_path / "a", max_attack_rate=None, **LIGHT))
     assert ">NO THRESHOLD<" in html.read_text(encoding="utf-8")
-    html = render_report(build_audit_folder(tmp_path / "b", max_attack_rate=0.99, slices=2))
+    html = render_report(build_audit_folder(tmp_path / "b", max_attack_rate=0.99, **LIGHT))
     assert 'class="verdict pass"' in html.read_text(encoding="utf-8")
 
 
 def test_cli_renders(tmp_path):
-    build_audit_folder(tmp_path / "audit", slices=2)
+    build_audit_folder(tmp_path / "audit", **LIGHT)
     result = CliRunner().invoke(
         report, [str(tmp_path / "audit"), "--out", str(tmp_path / "r.html")]
     )

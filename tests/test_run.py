@@ -192,3 +192,18 @@ def test_model_name_with_script_tag_is_escaped(tmp_path, singlecoil_dir, models)
 def test_unknown_attack_lists_known(tmp_path, singlecoil_dir, models):
     result = _run(tmp_path, singlecoil_dir, models, "--attacks", "fnaf-nope", check=False)
     assert result.exit_code == 2 and "fnaf-rs" in result.output
+
+
+def test_attack_params(tmp_path, singlecoil_dir, models):
+    result = _run(tmp_path, singlecoil_dir, models, "--max-volumes", "1", "--attack-param",
+                  "fnaf-pgd.steps=2", "--attack-param", "fnaf-fd.h=1")
+    config = json.loads((tmp_path / "audit" / "results.json").read_text())["config"]
+    assert config["attack_options"] == {"fnaf-pgd": {"steps": 2}, "fnaf-fd": {"h": 1}}
+    assert result.exit_code == 0
+    for bad, phrase in [("fnaf-pgd.nope=1", "no parameter nope"),
+                        ("fnaf-pgd.steps=-1", "steps must be"),
+                        ("kspace-pgd.eps=1", "not among --attacks"),
+                        ("junk", "ATTACK.KEY=VALUE")]:
+        result = _run(tmp_path, singlecoil_dir, models, "--attack-param", bad, out="bad",
+                      check=False)
+        assert result.exit_code == 2 and phrase in result.output, (bad, result.output)

@@ -19,4 +19,9 @@ def attacks() -> None:
         params = attack_parameters(cls)
         width = max((len(k) for k in params), default=0)
         for key, default in params.items():
-            click.echo(f"    --{key.replace('_', '-'):<{width + 2}} default: {default!r}")
+            click.echo(f"    {key:<{width}} = {default!r}")
+    click.echo(
+        "\nrun sets the shared ones with its own flags (--candidates, --feature-steps, "
+        "--window,\n--threshold, --ip-epsilon, --seed, --batch-size) and any other with\n"
+        "--attack-param ATTACK.KEY=VALUE, e.g. --attack-param fnaf-pgd.steps=20."
+    )

@@ -57,6 +57,25 @@ def _parse_compare(values) -> list[tuple[str, str | None]]:
     return out
 
 
+def _parse_attack_params(values, attacks) -> dict[str, dict]:
+    import ast
+
+    out: dict[str, dict] = {}
+    for v in values:
+        name, _, rest = v.partition(".")
+        key, eq, raw = rest.partition("=")
+        if not (name and key and eq):
+            raise UsageError(f"--attack-param needs ATTACK.KEY=VALUE, got {v!r}")
+        if name not in attacks:
+            raise UsageError(f"--attack-param {v!r}: {name!r} is not among --attacks")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out.setdefault(name, {})[key.replace("-", "_")] = value
+    return out
+
+
 @click.command("run")
 @click.option(
     "--config",
@@ -119,6 +138,14 @@ def _parse_compare(values) -> list[tuple[str, str | None]]:
     help="Insert with the local phase on the k-space grid, or as the reference code did.",
 )
 @click.option(
+    "--attack-param",
+    "attack_params",
+    multiple=True,
+    metavar="ATTACK.KEY=VALUE",
+    help="An attack's own parameter, e.g. fnaf-pgd.steps=20 (repeatable; see "
+    "`mri-audit attacks`).",
+)
+@click.option(
     "--compare",
     multiple=True,
     metavar="SPEC[=WEIGHTS]",
@@ -163,6 +190,7 @@ def run(**opts) -> None:
     opts["attacks"] = tuple(a.strip() for a in opts.pop("attack_list").split(",") if a.strip())
     if not opts["attacks"]:
         raise UsageError("--attacks needs at least one attack name")
+    opts["attack_options"] = _parse_attack_params(opts.pop("attack_params"), opts["attacks"])
     opts["out"] = Path(opts["out"])
     code = execute(opts, command_line=[Path(sys.argv[0]).name, *sys.argv[1:]])
     if code:

@@ -103,6 +103,22 @@ def _check_resume(header: dict, stored: dict | None, out: Path) -> None:
         )
 
 
+def _check_attacks(attack_classes: dict, config, estimator) -> None:
+    """Build each attack once so bad parameters fail before any work, as one line."""
+    for name, cls in attack_classes.items():
+        params = config.attack_options.get(name, {})
+        known = set(getattr(cls, "attack_params", ()))
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise UsageError(
+                f"{name} has no parameter {', '.join(unknown)}; see `mri-audit attacks`"
+            )
+        try:
+            cls(estimator, **config.attack_kwargs(), **params)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"{name}: {err}") from None
+
+
 def execute(opts: dict, command_line: list[str]) -> int:
     """Run the audit described by the parsed options; returns the exit status."""
     from mri_audit.auditor import AuditConfig, AuditModel, Auditor, unique_names
@@ -141,7 +157,9 @@ def execute(opts: dict, command_line: list[str]) -> int:
         insert=opts["insert"],
         seed=opts["seed"],
         batch_size=opts["batch_size"],
+        attack_options=opts["attack_options"],
     )
+    _check_attacks(attack_classes, config, opened[0].estimator)
     models_info = [
         _model_info(o, spec, weights, n)
         for o, (spec, weights), n in zip(opened, specs, names, strict=True)
