@@ -371,7 +371,7 @@ def build_context(audit: AuditInputs) -> dict:
         "transfer_tables": transfer_tables,
         "transfer_figure": transfer_fig,
         "worst_cases": _worst_cases(r, audit.images, names),
-        "method": _methodology(config, r.get("window_fraction", config.get("window")), shape),
+        "method": _methodology(config, r.get("window_fraction") or config.get("window"), shape),
         "command_line": shlex.join(str(a) for a in r.get("command_line") or []),
         "versions": r.get("versions") or {},
         "notes": list(audit.notes),

@@ -14,24 +14,25 @@ def rate(r: dict | None) -> str:
 
 def attack_table(results: dict) -> str:
     """Clean metrics and the attack table of a results dict."""
-    lines = [f"{'model':<24}{'SSIM':>8}{'NMSE':>10}{'PSNR':>8}"]
+    mw = max([len("model")] + [len(m) for m in results["clean"]]) + 2
+    lines = [f"{'model':<{mw}}{'SSIM':>8}{'NMSE':>10}{'PSNR':>8}"]
     for model, m in results["clean"].items():
-        lines.append(f"{model:<24}{m['ssim']:8.4f}{m['nmse']:10.5f}{m['psnr']:8.2f}")
+        lines.append(f"{model:<{mw}}{m['ssim']:8.4f}{m['nmse']:10.5f}{m['psnr']:8.2f}")
     lines.append("")
-    head = f"{'model':<24}{'attack':<12}{'attack rate':>22}{'IP accept':>22}{'control':>22}"
+    head = f"{'model':<{mw}}{'attack':<12}{'attack rate':>22}{'IP accept':>22}{'control':>22}"
     lines += [head + f"{'mean L':>11}", "-" * (len(head) + 11)]
     for model, attacks in results["attacks"].items():
         for attack, a in attacks.items():
             if a.get("kind", "fnaf") != "fnaf":
                 s0, s1 = a.get("ssim_clean", {}), a.get("ssim_adv", {})
                 lines.append(
-                    f"{model:<24}{attack:<12}  SSIM {s0.get('mean') or 0:.4f} -> "
+                    f"{model:<{mw}}{attack:<12}  SSIM {s0.get('mean') or 0:.4f} -> "
                     f"{s1.get('mean') or 0:.4f} under k-space noise"
                 )
                 continue
             mean = a["loss"]["mean"]
             lines.append(
-                f"{model:<24}{attack:<12}{rate(a['attack_rate']):>22}"
+                f"{model:<{mw}}{attack:<12}{rate(a['attack_rate']):>22}"
                 f"{rate(a['ip_acceptance']):>22}{rate(a['control_rate']):>22}"
                 f"{(f'{mean:.2e}' if mean is not None else 'n/a'):>11}"
             )

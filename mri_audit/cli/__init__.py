@@ -40,9 +40,10 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 
 def _register() -> None:
-    from mri_audit.cli import attacks_cmd, check, data, report_cmd, run
+    from mri_audit.cli import attacks_cmd, check, data, harden, report_cmd, run
 
     cli.add_command(run.run)
+    cli.add_command(harden.harden)
     cli.add_command(check.check)
     cli.add_command(report_cmd.report)
     cli.add_command(attacks_cmd.attacks)

@@ -142,8 +142,7 @@ def _parse_attack_params(values, attacks) -> dict[str, dict]:
     "attack_params",
     multiple=True,
     metavar="ATTACK.KEY=VALUE",
-    help="An attack's own parameter, e.g. fnaf-pgd.steps=20 (repeatable; see "
-    "`mri-audit attacks`).",
+    help="An attack's own parameter, e.g. fnaf-pgd.steps=20 (repeatable; see `mri-audit attacks`).",
 )
 @click.option(
     "--compare",

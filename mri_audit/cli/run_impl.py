@@ -130,7 +130,13 @@ def execute(opts: dict, command_line: list[str]) -> int:
     device = resolve_device(opts["device"])
     attack_classes = {a: load_attack(a) for a in opts["attacks"]}
     mask_func = build_mask_func(opts["mask_type"], opts["accel"], opts["center_fraction"])
-    dataset, probe = open_data(opts["data"], opts["max_volumes"], opts["max_slices"])
+    if opts.get("dataset") is not None:
+        from mri_audit.data import collate
+
+        dataset = opts["dataset"]
+        probe = collate([dataset[0]])
+    else:
+        dataset, probe = open_data(opts["data"], opts["max_volumes"], opts["max_slices"])
     specs = [(opts["model_spec"], opts["weights"]), *opts["compare"]]
     need_grad = any(getattr(c, "needs_gradients", False) for c in attack_classes.values())
     opened = open_models(
@@ -142,8 +148,9 @@ def execute(opts: dict, command_line: list[str]) -> int:
         probe=probe,
         mask_func=mask_func,
         need_gradient=need_grad,
+        names=opts.get("names"),
     )
-    names = unique_names([o.loaded.name for o in opened])
+    names = unique_names([o.estimator.name for o in opened])
     config = AuditConfig(
         accel=opts["accel"],
         center_fraction=opts["center_fraction"],

@@ -40,22 +40,27 @@ def open_models(
     probe: SliceBatch,
     mask_func: MaskFunc,
     need_gradient: bool,
+    names: Sequence[str | None] | None = None,
 ) -> list[OpenedModel]:
-    """Open every ``(spec, weights)``; ``--model-arg`` and ``--input`` apply to the first."""
+    """Open every ``(spec, weights)``; ``--model-arg`` and ``--input`` apply to the first
+    (and to every model in ``same_args`` mode, when all specs are the same model)."""
     args = parse_model_args(model_args)
+    same = all(spec == specs[0][0] for spec, _ in specs)
     opened = []
     for i, (spec, weights) in enumerate(specs):
+        first = i == 0 or same
         opened.append(
             open_model(
                 spec,
                 weights=weights,
-                model_args=args if i == 0 else None,
-                input_domain=input_domain if i == 0 else None,
+                model_args=args if first else None,
+                input_domain=input_domain if first else None,
                 normalize=normalize,
                 device=device,
                 probe=probe,
                 mask_func=mask_func,
                 need_gradient=need_gradient,
+                name=names[i] if names else None,
             )
         )
     return opened

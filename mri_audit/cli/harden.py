@@ -1,0 +1,149 @@
+"""``mri-audit harden``: FNAF-robust fine-tuning, then a before/after audit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from mri_audit.cli.options import device_option, model_options
+from mri_audit.errors import ModelError, UsageError
+
+
+def _steps_range(value: str) -> tuple[int, int]:
+    try:
+        low, _, high = value.partition("-")
+        lo, hi = int(low), int(high or low)
+    except ValueError:
+        lo = hi = 0
+    if not 1 <= lo <= hi:
+        raise UsageError(
+            f"--feature-steps-range must be LOW-HIGH with 1 <= LOW <= HIGH, got {value!r}"
+        )
+    return lo, hi
+
+
+@click.command("harden")
+@model_options
+@click.option(
+    "--data",
+    type=click.Path(),
+    default=None,
+    help="Training data (fastMRI file or folder) [default: built-in phantoms].",
+)
+@click.option(
+    "--val-data",
+    type=click.Path(),
+    default=None,
+    help="Validation data [default: built-in held-out phantoms, or the last tenth "
+    "of --data's volumes].",
+)
+@click.option(
+    "--accel",
+    type=float,
+    multiple=True,
+    default=(4.0,),
+    show_default=True,
+    help="Acceleration(s) to train at (repeatable: --accel 4 --accel 8).",
+)
+@click.option("--center-fraction", type=float, default=None)
+@click.option(
+    "--mask",
+    "mask_type",
+    type=click.Choice(["random", "equispaced"]),
+    default="random",
+    show_default=True,
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps per epoch [default: one pass over the training slices].",
+)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Slices per step.",
+)
+@click.option(
+    "--lambda",
+    "lam",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Weight of the FNAF term.",
+)
+@click.option(
+    "--feature-steps-range",
+    default="10-100",
+    show_default=True,
+    help="Random-walk lengths of the training features (LOW-HIGH).",
+)
+@click.option(
+    "--inner",
+    type=click.Choice(["random", "pgd"]),
+    default="random",
+    show_default=True,
+    help="Inner maximisation: random candidates, or + fnaf-pgd.",
+)
+@click.option("--candidates", type=click.IntRange(min=1), default=11, show_default=True)
+@click.option("--loss", type=click.Choice(["l1", "ssim", "mse"]), default="l1", show_default=True)
+@click.option(
+    "--ssim-tolerance",
+    type=click.FloatRange(min=0),
+    default=0.01,
+    show_default=True,
+    help="Keep epochs whose validation SSIM is within this of the starting model's.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Where the hardened weights (a state dict) go.",
+)
+@click.option(
+    "--report-out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Before/after audit folder [default: <out>.audit/].",
+)
+@click.option("--no-report", is_flag=True, help="Skip the before/after audit.")
+@click.option("--resume", is_flag=True, help="Continue from <out>.ckpt.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--amp", is_flag=True, help="Mixed precision for the training step.")
+@click.option("--max-volumes", type=click.IntRange(min=1), default=None)
+@click.option("--max-slices", type=click.IntRange(min=1), default=None)
+@device_option
+def harden(**opts) -> None:
+    """Fine-tune a model to resist FNAFs; keeps the best epoch and audits before vs after.
+
+    Each step finds FNAFs against the current weights, then minimises the clean loss plus
+    --lambda times the loss on the FNAF-augmented inputs. A checkpoint (<out>.ckpt) is written
+    every epoch; --resume continues from it.
+    """
+    from mri_audit.cli.harden_impl import execute
+
+    for a in opts["accel"]:
+        if not a >= 1:
+            raise UsageError(f"--accel must be >= 1, got {a:g}")
+    opts["feature_steps_range"] = _steps_range(opts["feature_steps_range"])
+    out = Path(opts["out"])
+    if out.exists() and not opts["resume"] and out.with_suffix(out.suffix + ".ckpt").exists():
+        raise UsageError(
+            f"{out} and its checkpoint exist; use --resume to continue, or another --out"
+        )
+    if opts["weights"] and Path(opts["weights"]).resolve() == out.resolve():
+        raise UsageError("--out must differ from --weights (the original is kept)")
+    try:
+        code = execute(opts)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    except ModelError:
+        raise
+    if code:
+        sys.exit(code)

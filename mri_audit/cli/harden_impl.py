@@ -1,0 +1,178 @@
+"""The work behind ``mri-audit harden``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import click
+
+from mri_audit.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+
+def _datasets(opts):
+    from mri_audit.data import BUILTIN_TRAIN, BUILTIN_VAL, SliceDataset, SyntheticDataset
+    from mri_audit.fastmri_io import resolve_files
+
+    lim = {"max_volumes": opts["max_volumes"], "max_slices": opts["max_slices"]}
+    if opts["data"] is None:
+        train = SyntheticDataset(split="train", **BUILTIN_TRAIN, **lim)
+    else:
+        files = resolve_files(opts["data"])
+        if opts["val_data"] is None:
+            if len(files) < 2:
+                raise ValueError(
+                    "--data needs at least 2 volumes to hold one out; or give --val-data"
+                )
+            held = max(1, len(files) // 10)
+            train = SliceDataset(files[:-held], **lim)
+            return train, SliceDataset(files[-held:], max_slices=opts["max_slices"])
+        train = SliceDataset(files, **lim)
+    if opts["val_data"] is not None:
+        val = SliceDataset(opts["val_data"], max_slices=opts["max_slices"])
+    else:
+        val = SyntheticDataset(split="val", **BUILTIN_VAL)
+    return train, val
+
+
+def execute(opts: dict) -> int:
+    from tqdm import tqdm
+
+    from mri_audit.cli.run_impl import execute as run_audit
+    from mri_audit.cli.setup import build_mask_func, open_models, resolve_device
+    from mri_audit.data import collate
+    from mri_audit.harden import HardenConfig, Trainer
+    from mri_audit.registry import load_attack
+
+    device = resolve_device(opts["device"])
+    train, val = _datasets(opts)
+    probe = collate([train[0]])
+    accels = tuple(opts["accel"])
+    mask_func = build_mask_func(opts["mask_type"], accels[0], opts["center_fraction"])
+    (opened,) = open_models(
+        [(opts["model_spec"], opts["weights"])],
+        model_args=opts["model_args"],
+        input_domain=opts["input_domain"],
+        normalize=opts["normalize"],
+        device=device,
+        probe=probe,
+        mask_func=mask_func,
+        need_gradient=True,
+    )
+    if opened.loaded.kind == "torchscript":
+        raise ModelError(
+            "harden fine-tunes a Python model class; TorchScript models cannot be "
+            "trained here: pass path/to/file.py:Name with --weights"
+        )
+    config = HardenConfig(
+        accels=accels,
+        center_fraction=opts["center_fraction"],
+        mask_type=opts["mask_type"],
+        epochs=opts["epochs"],
+        steps=opts["steps"],
+        lr=opts["lr"],
+        batch_size=opts["batch_size"],
+        lam=opts["lam"],
+        feature_steps=opts["feature_steps_range"],
+        inner=opts["inner"],
+        candidates=opts["candidates"],
+        loss=opts["loss"],
+        seed=opts["seed"],
+        amp=opts["amp"],
+        ssim_tolerance=opts["ssim_tolerance"],
+    )
+    out = Path(opts["out"])
+    attack_classes = {n: load_attack(n) for n in ("fnaf-rs", "fnaf-pgd")}
+    trainer = Trainer(
+        opened.estimator,
+        train,
+        val,
+        config,
+        attack_classes=attack_classes,
+        checkpoint=out.with_suffix(out.suffix + ".ckpt"),
+        out=out,
+        progress=lambda **kw: tqdm(leave=True, disable=None, dynamic_ncols=True, **kw),
+    )
+    original = opts["weights"]
+    if original is None:
+        # A model without --weights: keep its starting weights for the before/after audit.
+        original = str(out.with_suffix(out.suffix + ".start.pt"))
+        if not (opts["resume"] and Path(original).exists()):
+            import io
+
+            import torch
+
+            from mri_audit.results import atomic_write
+
+            buf = io.BytesIO()
+            torch.save(opened.estimator.model.state_dict(), buf)
+            atomic_write(original, buf.getvalue())
+    started = time.perf_counter()
+    summary = trainer.fit(resume=opts["resume"])
+    elapsed = time.perf_counter() - started
+    start, best = summary["start"], summary["best"]
+    click.echo(
+        f"start       SSIM {start['ssim']:.4f}  NMSE {start['nmse']:.5f}  "
+        f"fnaf-rs attack rate {start['attack_rate']:.1%}"
+    )
+    for h in summary["history"]:
+        click.echo(
+            f"epoch {h['epoch']:<5} SSIM {h['ssim']:.4f}  NMSE {h['nmse']:.5f}  "
+            f"fnaf-rs attack rate {h['attack_rate']:.1%}  train loss {h['train_loss']:.4f}"
+        )
+    note = (
+        " (no epoch kept SSIM within tolerance: last epoch written)" if best.get("fallback") else ""
+    )
+    click.echo(f"kept epoch {best['epoch']} -> {out}{note} ({elapsed:.0f} s)")
+    card = {
+        "config": config.to_dict(),
+        "model": opts["model_spec"],
+        "weights": opts["weights"],
+        "summary": summary,
+        "seconds": elapsed,
+    }
+    from mri_audit.results import write_json
+
+    write_json(out.with_suffix(out.suffix + ".json"), json.loads(json.dumps(card)))
+    if opts["no_report"]:
+        return 0
+    report_out = Path(opts["report_out"] or str(out) + ".audit")
+    click.echo(f"before/after audit on the validation data -> {report_out}/")
+    name = opened.loaded.name
+    audit_opts = {
+        "model_spec": opts["model_spec"],
+        "weights": str(out),
+        "model_args": opts["model_args"],
+        "input_domain": opts["input_domain"],
+        "normalize": opts["normalize"],
+        "accel": accels[0],
+        "center_fraction": opts["center_fraction"],
+        "mask_type": opts["mask_type"],
+        "data": None,
+        "max_volumes": None,
+        "max_slices": None,
+        "dataset": val,
+        "names": [f"{name} (hardened)", f"{name} (original)"],
+        "attacks": ("fnaf-rs", "fnaf-pgd"),
+        "candidates": 11,
+        "feature_steps": 10,
+        "threshold": config.threshold,
+        "ip_epsilon": config.ip_epsilon,
+        "window": config.window,
+        "insert": "phase",
+        "compare": [(opts["model_spec"], original)],
+        "batch_size": config.candidate_batch,
+        "seed": opts["seed"],
+        "device": opts["device"],
+        "out": report_out,
+        "max_attack_rate": None,
+        "resume": False,
+        "force": True,
+        "no_progress": False,
+        "attack_options": {},
+    }
+    return run_audit(audit_opts, command_line=["mri-audit", "harden", "..."])
