@@ -87,6 +87,7 @@ def location_heatmaps(
     shape: tuple[int, int],
     background: np.ndarray | None,
     cell: int = 8,
+    ncols: int = 3,
 ) -> str:
     """Where the hits are: hit centroids binned on the window grid, over the mean anatomy.
 
@@ -96,6 +97,7 @@ def location_heatmaps(
         shape: ``(h, w)`` of the target.
         background: the mean target (drawn in grey), or None for a blank backdrop.
         cell: side of a bin in pixels.
+        ncols: panels per row (e.g. the number of attacks, so that each row is a model).
     """
     top, left, wh, ww = window
     ny, nx = max(1, math.ceil(wh / cell)), max(1, math.ceil(ww / cell))
@@ -112,7 +114,7 @@ def location_heatmaps(
         )
         counts.append(h)
     vmax = max([1.0] + [float(h.max()) for h in counts])
-    ncols = min(3, len(panels))
+    ncols = max(1, min(ncols, 4, len(panels)))
     nrows = math.ceil(len(panels) / ncols)
     with rc_context(STYLE):
         fig = _figure(3.2 * ncols + 0.8, 3.1 * nrows + 0.2)
@@ -152,20 +154,21 @@ def location_heatmaps(
 
 
 def loss_histograms(
-    panels: Mapping[str, tuple[np.ndarray, np.ndarray]], *, threshold: float
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]], *, threshold: float, ncols: int = 3
 ) -> str:
     """Distribution of the FNAF loss ``L`` (log x) per attack, controls in grey, τ marked.
 
     Args:
         panels: title -> (losses of the found features, control losses of the same regions).
         threshold: τ.
+        ncols: panels per row.
     """
     every = np.concatenate([np.asarray(v, dtype=float).ravel() for p in panels.values() for v in p])
     every = every[np.isfinite(every) & (every > 0)]
     floor = float(min(every.min(), threshold) / 10) if every.size else threshold / 1e3
     top = float(max(every.max(), threshold) * 10) if every.size else threshold * 1e3
     bins = np.logspace(math.log10(floor), math.log10(top), 41)
-    ncols = min(3, len(panels))
+    ncols = max(1, min(ncols, 4, len(panels)))
     with rc_context(STYLE):
         fig = _figure(3.4 * ncols, 2.7 * math.ceil(len(panels) / ncols) + 0.1)
         for i, (ax, (title, (loss, control))) in enumerate(

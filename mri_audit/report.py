@@ -173,6 +173,7 @@ def _record_figures(audit: AuditInputs, threshold: float, epsilon: float) -> dic
     shapes = (r.get("data") or {}).get("target_shapes") or []
     shape = tuple(mean.shape) if mean is not None else (tuple(shapes[0]) if shapes else None)
     titles = {key: f"{key[0]} · {key[1]}" for key in groups}
+    ncols = len({attack for _, attack in groups})  # one row per model
     if shape is not None and r.get("window_fraction") is not None:
         hits = {
             titles[k]: (g["row"][g["hit"]].dropna(), g["col"][g["hit"]].dropna())
@@ -180,7 +181,7 @@ def _record_figures(audit: AuditInputs, threshold: float, epsilon: float) -> dic
         }
         window = _window(r["window_fraction"], shape)
         out["heatmap"] = figures.location_heatmaps(
-            hits, window=window, shape=shape, background=mean
+            hits, window=window, shape=shape, background=mean, ncols=ncols
         )
     else:
         audit.notes.append("The target shape or window is unknown; location heatmaps omitted.")
@@ -188,6 +189,7 @@ def _record_figures(audit: AuditInputs, threshold: float, epsilon: float) -> dic
     out["loss"] = figures.loss_histograms(
         {titles[k]: (g["loss"].to_numpy(), g["control"].to_numpy()) for k, g in found.items()},
         threshold=threshold,
+        ncols=ncols,
     )
     scatter: dict[str, dict] = {}
     for (model, attack), g in found.items():

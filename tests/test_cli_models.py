@@ -123,3 +123,40 @@ def test_bad_acceleration_and_device(tmp_path):
     _assert_one_line_error(_check(tmp_path, GOOD, "Net", "--accel", "0.5"), 2, "--accel")
     if not torch.cuda.is_available():
         _assert_one_line_error(_check(tmp_path, GOOD, "Net", "--device", "cuda"), 6, "CUDA")
+
+
+def _h5(path, **datasets):
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "w") as hf:
+        for name, value in datasets.items():
+            hf.create_dataset(name, data=np.asarray(value))
+    return path
+
+
+@pytest.mark.parametrize("kind, phrase", [
+    ("missing", "no such file or folder"),
+    ("empty", "no .h5"),
+    ("no_kspace", "kspace"),
+    ("ndim", "k-space has shape (8, 8)"),
+    ("not_hdf5", "HDF5"),
+])
+def test_bad_data_gives_one_line(tmp_path, kind, phrase):
+    import numpy as np
+
+    data = tmp_path / "data"
+    if kind == "empty":
+        data.mkdir()
+    elif kind == "no_kspace":
+        data = _h5(tmp_path / "a.h5", reconstruction_esc=np.zeros((2, 8, 8), np.float32))
+    elif kind == "ndim":
+        data = _h5(tmp_path / "a.h5", kspace=np.zeros((8, 8), np.complex64))
+    elif kind == "not_hdf5":
+        data = tmp_path / "a.h5"
+        data.write_bytes(b"not an hdf5 file" * 10)
+    (tmp_path / "model.py").write_text(GOOD)
+    result = CliRunner().invoke(cli, ["check", "--model", f"{tmp_path}/model.py:Net",
+                                      "--data", str(data)])
+    _assert_one_line_error(result, 4, "")
+    assert phrase.lower() in result.output.lower(), result.output
