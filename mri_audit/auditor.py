@@ -17,7 +17,7 @@ from typing import NamedTuple
 from tqdm import tqdm
 
 from mri_audit.attack import AttackResult, FnafAttack, result_records
-from mri_audit.data import SliceBatch, iter_batches
+from mri_audit.data import SliceBatch, collate
 from mri_audit.engine import FnafEngine
 from mri_audit.features import SliceContext, prepare_context
 from mri_audit.journal import Journal, record_key
@@ -97,6 +97,8 @@ class Auditor:
         journal: Journal | None = None,
         done: set[tuple] | None = None,
         progress: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         names = [m.name for m in models]
         if len(set(names)) != len(names):
@@ -106,7 +108,8 @@ class Auditor:
         self.config = config
         self.journal = journal
         self.done = done or set()
-        self.progress = progress
+        self.progress = progress and rank == 0
+        self.rank, self.world_size = rank, world_size
         self.mask_func = make_mask_func(config.mask_type, config.accel, config.center_fraction)
         self._masks: dict[tuple[str, int], object] = {}
         self.target_sum = None
@@ -136,11 +139,32 @@ class Auditor:
         """Slices per context: enough for two full candidate chunks."""
         return max(1, math.ceil(2 * self.config.batch_size / self.config.candidates))
 
+    def batch_plan(self) -> list[list[int]]:
+        """Dataset indices of each slice batch: consecutive slices of one shape (no I/O)."""
+        plan: list[list[int]] = []
+        current: list[int] = []
+        key = None
+        for i in range(len(self.dataset)):
+            k = self.dataset.shape_key(i)
+            if current and (k != key or len(current) == self.slices_per_batch):
+                plan.append(current)
+                current = []
+            current.append(i)
+            key = k
+        if current:
+            plan.append(current)
+        return plan
+
+    def my_batches(self) -> list[list[int]]:
+        """This rank's share of the batches (round-robin over whole batches)."""
+        return self.batch_plan()[self.rank :: self.world_size]
+
     def run(self, on_batch: Callable[[list[dict]], None] | None = None) -> list[dict]:
-        """Audit every slice; returns all records (those already done included)."""
+        """Audit this rank's slices; returns the records computed (journal-skipped excluded)."""
+        mine = self.my_batches()
         bars = {
             key: tqdm(
-                total=len(self.dataset),
+                total=sum(len(b) for b in mine),
                 desc=f"{key[0]} {key[1]}",
                 unit="slice",
                 position=i,
@@ -154,7 +178,8 @@ class Auditor:
         seen = dict.fromkeys(self.attacks, 0)
         records: list[dict] = []
         try:
-            for batch in iter_batches(self.dataset, self.slices_per_batch):
+            for indices in mine:
+                batch = collate([self.dataset[i] for i in indices])
                 batch_records = self._run_batch(batch)
                 if batch_records is None:
                     for bar in bars.values():

@@ -190,6 +190,11 @@ class SliceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._examples)
 
+    def shape_key(self, index: int) -> tuple:
+        """``(k-space shape, target shape)`` of an item, from metadata (no data is read)."""
+        vol = self._volumes[self._examples[index][0]]
+        return (tuple(vol.kspace_shape), tuple(vol.target_shape))
+
     def keys(self) -> list[tuple[str, int]]:
         """``(volume name, slice index)`` of every item, in order (no data is read)."""
         names = self.volumes
@@ -362,6 +367,10 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self._examples)
+
+    def shape_key(self, index: int) -> tuple:
+        """``(k-space shape, target shape)`` of an item (every item has the same)."""
+        return ((self.coils, *self.kspace_shape), (self.size, self.size))
 
     def keys(self) -> list[tuple[str, int]]:
         """``(volume name, slice index)`` of every item, in order (no data is read)."""

@@ -142,7 +142,7 @@ def location_heatmaps(
             )
             ax.set_xlim(x0 - 0.5, x1 - 0.5)
             ax.set_ylim(y1 - 0.5, y0 - 0.5)
-            ax.set_title(f"{_short(title, 40)}  ({int(h.sum())} hits)")
+            ax.set_title(f"{_short(title, 40)}  ({_count(h.sum(), 'hit')})")
             ax.set_xticks([])
             ax.set_yticks([])
         if image is not None:
@@ -282,7 +282,7 @@ def transfer_heatmaps(
                 elif math.isnan(v):
                     text, col = "n/a", "#666666"
                 else:
-                    text = f"{v:.0%}\n{int(totals[i, j])} hits"
+                    text = f"{v:.0%}\n{_count(totals[i, j], 'hit')}"
                     col = "white" if v > 0.6 else "black"
                 ax.text(j, i, text, ha="center", va="center", color=col, fontsize=8)
             ax.set_xticks(
@@ -346,3 +346,7 @@ def _short(name: str, n: int = 24) -> str:
     """A label for user text: at most ``n`` characters, ``$`` escaped (no mathtext)."""
     name = str(name) if len(str(name)) <= n else str(name)[: n - 1] + "…"
     return name.replace("$", r"\$")
+
+
+def _count(n: float, noun: str) -> str:
+    return f"{int(n)} {noun}{'' if int(n) == 1 else 's'}"

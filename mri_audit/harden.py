@@ -106,6 +106,10 @@ class Trainer:
         checkpoint: Path,
         out: Path,
         progress: Callable | None = None,
+        train_model: torch.nn.Module | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        sync: Callable[[object], object] | None = None,
     ) -> None:
         if config.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}")
@@ -117,7 +121,20 @@ class Trainer:
         self.config = config
         self.attack_classes = attack_classes
         self.checkpoint, self.out = Path(checkpoint), Path(out)
-        self.progress = progress
+        self.progress = progress if rank == 0 else None
+        self.rank, self.world_size = rank, world_size
+        self.sync = sync or (lambda obj: obj)
+        # The outer step may go through a DistributedDataParallel wrapper of the same model.
+        self.train_est = self.est
+        if train_model is not None:
+            self.train_est = Reconstructor(
+                train_model,
+                input_domain=estimator.input_domain,
+                target_shape=estimator.target_shape,
+                normalize=estimator.normalize,
+                device=estimator.device,
+                name=estimator.name,
+            )
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
@@ -128,7 +145,8 @@ class Trainer:
         self.mask_funcs = {
             a: make_mask_func(config.mask_type, a, config.center_fraction) for a in config.accels
         }
-        self.steps_per_epoch = config.steps or max(1, len(train_set) // config.batch_size)
+        global_batch = config.batch_size * world_size
+        self.steps_per_epoch = config.steps or max(1, len(train_set) // global_batch)
         self.history: list[dict] = []
         self.start: dict | None = None
         self.best: dict | None = None
@@ -140,9 +158,11 @@ class Trainer:
             len(self.train_set)
         )
         b = self.config.batch_size
-        start = (step * b) % max(1, len(order))
-        picked = np.concatenate([order, order])[start : start + b]
-        return [int(i) for i in picked]
+        global_b = b * self.world_size
+        start = (step * global_b) % max(1, len(order))
+        picked = np.resize(np.roll(order, -start), global_b)
+        # Each rank takes its own part of the step's global batch.
+        return [int(i) for i in picked[self.rank * b : (self.rank + 1) * b]]
 
     def _train_masks(self, epoch: int, step: int) -> Callable[[str, int], Mask]:
         accels = self.config.accels
@@ -241,6 +261,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
+        """Validation on rank 0, shared with every rank."""
+        return self.sync(self._validate() if self.rank == 0 else None)
+
+    def _validate(self) -> dict[str, float]:
         """Clean metrics and the ``fnaf-rs`` attack rate on the validation set."""
         cfg = self.config
         func = self.mask_funcs[cfg.accels[0]]
@@ -290,6 +314,8 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
         buf = io.BytesIO()
         torch.save(self.state(), buf)
         atomic_write(self.checkpoint, buf.getvalue())
@@ -310,6 +336,8 @@ class Trainer:
         self.start, self.best = state["start"], state["best"]
 
     def _save_weights(self) -> None:
+        if self.rank != 0:
+            return
         buf = io.BytesIO()
         torch.save(self.model.state_dict(), buf)
         atomic_write(self.out, buf.getvalue())

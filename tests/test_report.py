@@ -68,7 +68,7 @@ def data_uris(html: str) -> list[bytes]:
     return [
         base64.b64decode(b, validate=True)
         for b in re.findall(r'src="data:image/png;base64,([^"]*)"', html)
-    ]  # noqa: E501
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def _pct(v: float) -> str:
 
 def _rate_text(w: dict) -> str:
     return (
-        f"{_pct(w['value'])} 95% CI [{_pct(w['low'])}, {_pct(w['high'])}] {w['count']}/{w['total']}"  # noqa: E501
+        f"{_pct(w['value'])} 95% CI [{_pct(w['low'])}, {_pct(w['high'])}] {w['count']}/{w['total']}"
     )
 
 
@@ -112,7 +112,7 @@ def test_attack_table_matches_results(audit):
     _, res, html = audit
     rows = {
         (a["data-model"], a["data-attack"]): cells for a, cells in tables(html)["attack-table"] if a
-    }  # noqa: E501
+    }
     expected = {(m, a) for m, by in res["attacks"].items() for a in by}
     assert set(rows) == expected and len(expected) == 2 * (len(FNAF_ATTACKS) + 1)
     for (model, attack), cells in rows.items():
@@ -212,7 +212,7 @@ def test_figures_are_valid_pngs(audit):
     assert len(images) == 4 + len(res["worst_cases"])
     assert len(re.findall(r'<img src="data:image/png;base64,[^"]+" alt="[^"]+">', html)) == len(
         images
-    )  # noqa: E501
+    )
     for png in images:
         assert png.startswith(PNG_SIGNATURE)
         with Image.open(io.BytesIO(png)) as im:
@@ -344,3 +344,24 @@ def test_report_in_headless_chromium(audit, tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert shot.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_heatmap_without_images_uses_blank_backdrop(tmp_path):
+    results = build_audit_folder(tmp_path, images=False, slices=2)
+    html = render_report(results).read_text(encoding="utf-8")
+    assert "audit_images.npz was not found" in html
+    # heatmaps, losses, scatter and transfer; no worst-case panels
+    assert len(data_uris(html)) == 4
+    assert "Images of this case are not available." in html
+
+
+def test_no_fnaf_attack_result(tmp_path):
+    results = build_audit_folder(tmp_path, records=False, images=False, slices=2)
+    res = json.loads(results.read_text())
+    res["attacks"] = {m: {"kspace-pgd": a["kspace-pgd"]} for m, a in res["attacks"].items()}
+    res["verdict"].update(worst=None, passed=None)
+    res["transfer"], res["worst_cases"] = {}, []
+    results.write_text(json.dumps(res))
+    html = render_report(results).read_text(encoding="utf-8")
+    assert ">NO RESULT<" in html and "No hits to replay" in html
+    assert "No FNAF feature was found" in html

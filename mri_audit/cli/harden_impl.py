@@ -40,15 +40,24 @@ def _datasets(opts):
 
 
 def execute(opts: dict) -> int:
+    from mri_audit.distributed import init_distributed, shutdown
+
+    env, device = init_distributed(opts["device"])
+    try:
+        return _execute(opts, env, device)
+    finally:
+        shutdown(env)
+
+
+def _execute(opts: dict, env, device) -> int:
     from tqdm import tqdm
 
-    from mri_audit.cli.run_impl import execute as run_audit
-    from mri_audit.cli.setup import build_mask_func, open_models, resolve_device
+    from mri_audit.cli.setup import build_mask_func, open_models
     from mri_audit.data import collate
+    from mri_audit.distributed import agree, broadcast
     from mri_audit.harden import HardenConfig, Trainer
     from mri_audit.registry import load_attack
 
-    device = resolve_device(opts["device"])
     train, val = _datasets(opts)
     probe = collate([train[0]])
     accels = tuple(opts["accel"])
@@ -87,6 +96,14 @@ def execute(opts: dict) -> int:
     )
     out = Path(opts["out"])
     attack_classes = {n: load_attack(n) for n in ("fnaf-rs", "fnaf-pgd")}
+    train_model = None
+    if env.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(
+            opened.estimator.model, device_ids=ids, broadcast_buffers=False
+        )
     trainer = Trainer(
         opened.estimator,
         train,
@@ -96,12 +113,16 @@ def execute(opts: dict) -> int:
         checkpoint=out.with_suffix(out.suffix + ".ckpt"),
         out=out,
         progress=lambda **kw: tqdm(leave=True, disable=None, dynamic_ncols=True, **kw),
+        train_model=train_model,
+        rank=env.rank,
+        world_size=env.world_size,
+        sync=lambda obj: broadcast(env, obj),
     )
     original = opts["weights"]
     if original is None:
         # A model without --weights: keep its starting weights for the before/after audit.
         original = str(out.with_suffix(out.suffix + ".start.pt"))
-        if not (opts["resume"] and Path(original).exists()):
+        if env.is_main and not (opts["resume"] and Path(original).exists()):
             import io
 
             import torch
@@ -114,6 +135,11 @@ def execute(opts: dict) -> int:
     started = time.perf_counter()
     summary = trainer.fit(resume=opts["resume"])
     elapsed = time.perf_counter() - started
+    agree(env, lambda: None)  # every rank has finished training
+    if not env.is_main:
+        if opts["no_report"]:
+            return 0
+        return _audit(opts, original, val, config, accels, opened.loaded.name)
     start, best = summary["start"], summary["best"]
     click.echo(
         f"start       SSIM {start['ssim']:.4f}  NMSE {start['nmse']:.5f}  "
@@ -140,9 +166,18 @@ def execute(opts: dict) -> int:
     write_json(out.with_suffix(out.suffix + ".json"), json.loads(json.dumps(card)))
     if opts["no_report"]:
         return 0
-    report_out = Path(opts["report_out"] or str(out) + ".audit")
-    click.echo(f"before/after audit on the validation data -> {report_out}/")
-    name = opened.loaded.name
+    click.echo(f"before/after audit on the validation data -> {_report_out(opts)}/")
+    return _audit(opts, original, val, config, accels, opened.loaded.name)
+
+
+def _report_out(opts) -> Path:
+    return Path(opts["report_out"] or str(opts["out"]) + ".audit")
+
+
+def _audit(opts, original, val, config, accels, name) -> int:
+    from mri_audit.cli.run_impl import execute as run_audit
+
+    out, report_out = Path(opts["out"]), _report_out(opts)
     audit_opts = {
         "model_spec": opts["model_spec"],
         "weights": str(out),

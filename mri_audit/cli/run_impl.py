@@ -119,15 +119,35 @@ def _check_attacks(attack_classes: dict, config, estimator) -> None:
             raise UsageError(f"{name}: {err}") from None
 
 
+def _read_all(out: Path) -> list[dict]:
+    """The main journal plus any per-rank journals a distributed run left behind."""
+    from mri_audit.journal import Journal
+
+    records = Journal(out / "records.jsonl").read()
+    for shard in sorted(out.glob("records.rank*.jsonl")):
+        records += [r for r in Journal(shard).read() if r.get("kind") != "header"]
+    return records
+
+
 def execute(opts: dict, command_line: list[str]) -> int:
     """Run the audit described by the parsed options; returns the exit status."""
+    from mri_audit.distributed import init_distributed, shutdown
+
+    env, device = init_distributed(opts["device"])
+    try:
+        return _execute(opts, command_line, env, device)
+    finally:
+        shutdown(env)
+
+
+def _execute(opts: dict, command_line: list[str], env, device) -> int:
     from mri_audit.auditor import AuditConfig, AuditModel, Auditor, unique_names
-    from mri_audit.cli.setup import build_mask_func, open_data, open_models, resolve_device
+    from mri_audit.cli.setup import build_mask_func, open_data, open_models
+    from mri_audit.distributed import agree, broadcast, gather
     from mri_audit.journal import Journal, record_key
     from mri_audit.registry import load_attack
 
     out: Path = opts["out"]
-    device = resolve_device(opts["device"])
     attack_classes = {a: load_attack(a) for a in opts["attacks"]}
     mask_func = build_mask_func(opts["mask_type"], opts["accel"], opts["center_fraction"])
     if opts.get("dataset") is not None:
@@ -177,16 +197,20 @@ def execute(opts: dict, command_line: list[str]) -> int:
         "models": models_info,
         "data": dataset.describe(),
     }
-    _prepare_out(out, opts["resume"], opts["force"])
-    journal = Journal(out / "records.jsonl")
-    previous = journal.read() if opts["resume"] else []
-    stored = next((r for r in previous if r.get("kind") == "header"), None)
-    if opts["resume"]:
-        _check_resume(header, stored, out)
-    if stored is None:
-        journal.append([header])
-    done_records = [r for r in previous if r.get("kind") != "header"]
-    done = {record_key(r) for r in done_records}
+
+    def prepare() -> list[tuple]:
+        _prepare_out(out, opts["resume"], opts["force"])
+        previous = _read_all(out) if opts["resume"] else []
+        stored = next((r for r in previous if r.get("kind") == "header"), None)
+        if opts["resume"]:
+            _check_resume(header, stored, out)
+        if stored is None:
+            Journal(out / "records.jsonl").append([header])
+        return [record_key(r) for r in previous if r.get("kind") != "header"]
+
+    done = set(map(tuple, agree(env, prepare)))
+    name = "records.jsonl" if not env.enabled else f"records.rank{env.rank}.jsonl"
+    journal = Journal(out / name)
     auditor = Auditor(
         [AuditModel(n, o.estimator) for n, o in zip(names, opened, strict=True)],
         dataset,
@@ -195,20 +219,50 @@ def execute(opts: dict, command_line: list[str]) -> int:
         journal=journal,
         done=done,
         progress=not opts["no_progress"],
+        rank=env.rank,
+        world_size=env.world_size,
     )
     started = time.perf_counter()
     try:
         auditor.run()
     except KeyboardInterrupt:
-        n = len([r for r in journal.read() if r.get("kind") != "header"])
-        click.echo(
-            f"\nInterrupted: {n} records are saved in {out / 'records.jsonl'}; "
-            "run the same command with --resume to continue.",
-            err=True,
-        )
+        if env.is_main:
+            n = len([r for r in _read_all(out) if r.get("kind") != "header"])
+            click.echo(
+                f"\nInterrupted: {n} records are saved in {out}; "
+                "run the same command with --resume to continue.",
+                err=True,
+            )
         return 130
     elapsed = time.perf_counter() - started
-    records = [r for r in journal.read() if r.get("kind") != "header"]
+    sums = gather(env, (auditor.target_sum, auditor.target_count))
+    if env.enabled:
+        barrier_ok = gather(env, True)
+        del barrier_ok
+    if not env.is_main:
+        return int(broadcast(env, None))
+    if env.enabled:
+        auditor.target_sum = sum(t for t, _ in sums if t is not None)
+        auditor.target_count = sum(c for _, c in sums)
+    records = [r for r in _read_all(out) if r.get("kind") != "header"]
+    order = {key: i for i, key in enumerate(dataset.keys())}
+    model_rank = {n: i for i, n in enumerate(names)}
+    attack_rank = {a: i for i, a in enumerate(config.attacks)}
+    records.sort(
+        key=lambda r: (
+            order.get((r["volume"], int(r["slice"])), 0),
+            model_rank.get(r["model"], 0),
+            attack_rank.get(r["attack"], 0),
+        )
+    )
+    if env.enabled:
+        from mri_audit.journal import to_jsonable
+        from mri_audit.results import atomic_write
+
+        lines = [json.dumps(to_jsonable(r), sort_keys=True) for r in [header, *records]]
+        atomic_write(out / "records.jsonl", ("\n".join(lines) + "\n").encode())
+        for shard in out.glob("records.rank*.jsonl"):
+            shard.unlink()
     from mri_audit.outputs import finish_audit
 
     results = finish_audit(
@@ -220,7 +274,7 @@ def execute(opts: dict, command_line: list[str]) -> int:
         max_attack_rate=opts["max_attack_rate"],
         command_line=command_line,
         versions=_versions(),
-        device=str(device),
+        device=str(device) if not env.enabled else f"{device} x {env.world_size} processes",
         elapsed=elapsed,
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
@@ -238,5 +292,5 @@ def execute(opts: dict, command_line: list[str]) -> int:
             f"exceeds --max-attack-rate {verdict['max_attack_rate']:.1%}",
             err=True,
         )
-        return 3
-    return 0
+        return int(broadcast(env, 3))
+    return int(broadcast(env, 0))
