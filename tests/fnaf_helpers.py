@@ -20,11 +20,15 @@ def smooth_slices(b: int = 3, h: int = 48, w: int = 40, coils: int = 1, seed: in
         for _ in range(4):
             cy, cx = rng.uniform(-0.5, 0.5, 2)
             r = rng.uniform(0.2, 0.5)
-            img += rng.uniform(0.3, 1.0) / (1 + np.exp(((yy - cy) ** 2 + (xx - cx) ** 2 - r**2) * 40))
+            img += rng.uniform(0.3, 1.0) / (
+                1 + np.exp(((yy - cy) ** 2 + (xx - cx) ** 2 - r**2) * 40)
+            )
         img = img + 0.05
         phase = np.exp(1j * (0.8 * xx + 0.3 * yy))
-        sens = [np.exp(-((yy - np.cos(a)) ** 2 + (xx - np.sin(a)) ** 2) / 2)
-                for a in np.linspace(0, 2 * np.pi, coils, endpoint=False)]
+        sens = [
+            np.exp(-((yy - np.cos(a)) ** 2 + (xx - np.sin(a)) ** 2) / 2)
+            for a in np.linspace(0, 2 * np.pi, coils, endpoint=False)
+        ]
         sens = np.stack(sens) / np.sqrt(np.sum(np.square(sens), axis=0))
         images.append(img * phase * sens)
     x = torch.tensor(np.stack(images), dtype=torch.complex64)

@@ -208,8 +208,16 @@ def test_art_pgd_runs_on_reconstructor_and_changes_output(slices):
     y = np.abs(np.fft.ifft2(slices.numpy()))[:, 0].astype(np.float32)
     before = est.predict(x)
     eps = 0.1 * np.linalg.norm(x.reshape(len(x), -1), axis=1).reshape(-1, 1, 1, 1, 1)
-    pgd = ProjectedGradientDescent(est, norm=2, eps=eps, eps_step=eps / 4, max_iter=4,
-                                   num_random_init=0, targeted=False, verbose=False)
+    pgd = ProjectedGradientDescent(
+        est,
+        norm=2,
+        eps=eps,
+        eps_step=eps / 4,
+        max_iter=4,
+        num_random_init=0,
+        targeted=False,
+        verbose=False,
+    )
     lines = np.broadcast_to(mask[None, None, None, :, None], x.shape).astype(np.float32)
     adv = pgd.generate(x, y=y, mask=lines)
     assert np.abs(est.predict(adv) - before).max() > 1e-4

@@ -20,45 +20,47 @@ class Net(torch.nn.Module):
         return x + self.c(x)
 """
 
+
+def _returning(expr: str) -> str:
+    """A one-parameter model whose forward returns ``expr``."""
+    return (
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.w = torch.nn.Parameter(torch.ones(()))\n"
+        "    def forward(self, x):\n"
+        f"        return {expr}\n"
+    )
+
+
 BAD_MODELS = {
     "syntax": ("def broken(:\n", "Net", "syntax error in model file"),
     "import": ("import torch\nimport not_a_module_xyz\n", "Net", "No module named"),
     "missing": (GOOD, "Nte", "did you mean 'Net'"),
     "not_module": ("def Net():\n    return 3\n", "Net", "not a torch.nn.Module"),
-    "ctor": (GOOD.replace("def __init__(self, k=3)", "def __init__(self, k)"), "Net",
-             "constructing"),
-    "shape": ("import torch\nclass Net(torch.nn.Module):\n"
-              "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
-              "    def forward(self, x):\n        return (x * self.w)[..., :5, :5]\n",
-              "Net", "image-domain models get"),
-    "complex": ("import torch\nclass Net(torch.nn.Module):\n"
-                "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
-                "    def forward(self, x):\n        return (x * self.w).to(torch.complex64)\n",
-                "Net", "complex"),
-    "int": ("import torch\nclass Net(torch.nn.Module):\n"
-            "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
-            "    def forward(self, x):\n        return (x * self.w).long()\n",
-            "Net", "floating-point"),
-    "nan": ("import torch\nclass Net(torch.nn.Module):\n"
-            "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
-            "    def forward(self, x):\n        return x * self.w * float('nan')\n",
-            "Net", "NaN or Inf"),
-    "constant": ("import torch\nclass Net(torch.nn.Module):\n"
-                 "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
-                 "    def forward(self, x):\n        return torch.ones_like(x) * self.w\n",
-                 "Net", "ignores its input"),
-    "device": ("import torch\nclass Net(torch.nn.Module):\n"
-               "    def __init__(self):\n        super().__init__(); self.w = torch.nn.Parameter(torch.ones(()))\n"
-               "    def forward(self, x):\n        return torch.empty(x.shape, device='meta')\n",
-               "Net", "keep outputs on the input's device"),
+    "ctor": (
+        GOOD.replace("def __init__(self, k=3)", "def __init__(self, k)"),
+        "Net",
+        "constructing",
+    ),
+    "shape": (_returning("(x * self.w)[..., :5, :5]"), "Net", "image-domain models get"),
+    "complex": (_returning("(x * self.w).to(torch.complex64)"), "Net", "complex"),
+    "int": (_returning("(x * self.w).long()"), "Net", "floating-point"),
+    "nan": (_returning("x * self.w * float('nan')"), "Net", "NaN or Inf"),
+    "constant": (_returning("torch.ones_like(x) * self.w"), "Net", "ignores its input"),
+    "device": (
+        _returning("torch.empty(x.shape, device='meta')"),
+        "Net",
+        "keep outputs on the input's device",
+    ),
 }
 
 
 def _check(tmp_path, source: str, name: str, *extra: str):
     path = tmp_path / "model.py"
     path.write_text(textwrap.dedent(source))
-    args = ["check", "--model", f"{path}:{name}", "--max-volumes", "1", "--max-slices", "1",
-            *extra]
+    args = ["check", "--model", f"{path}:{name}", "--max-volumes", "1", "--max-slices", "1", *extra]
     return CliRunner().invoke(cli, args)
 
 
@@ -93,13 +95,28 @@ def test_state_dict_mismatch_and_missing_weights(tmp_path):
 
 
 def test_not_differentiable_when_gradient_attack_requested(tmp_path):
-    source = GOOD.replace("return x + self.c(x)",
-                          "with torch.no_grad():\n            return x + self.c(x)")
+    source = GOOD.replace(
+        "return x + self.c(x)", "with torch.no_grad():\n            return x + self.c(x)"
+    )
     path = tmp_path / "model.py"
     path.write_text(source)
-    result = CliRunner().invoke(cli, [
-        "run", "--model", f"{path}:Net", "--max-volumes", "1", "--max-slices", "1",
-        "--attacks", "fnaf-pgd", "--out", str(tmp_path / "out"), "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--model",
+            f"{path}:Net",
+            "--max-volumes",
+            "1",
+            "--max-slices",
+            "1",
+            "--attacks",
+            "fnaf-pgd",
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ],
+    )
     _assert_one_line_error(result, 5, "not differentiable")
     assert not (tmp_path / "out" / "results.json").exists()
 
@@ -135,13 +152,16 @@ def _h5(path, **datasets):
     return path
 
 
-@pytest.mark.parametrize("kind, phrase", [
-    ("missing", "no such file or folder"),
-    ("empty", "no .h5"),
-    ("no_kspace", "kspace"),
-    ("ndim", "k-space has shape (8, 8)"),
-    ("not_hdf5", "HDF5"),
-])
+@pytest.mark.parametrize(
+    "kind, phrase",
+    [
+        ("missing", "no such file or folder"),
+        ("empty", "no .h5"),
+        ("no_kspace", "kspace"),
+        ("ndim", "k-space has shape (8, 8)"),
+        ("not_hdf5", "HDF5"),
+    ],
+)
 def test_bad_data_gives_one_line(tmp_path, kind, phrase):
     import numpy as np
 
@@ -156,7 +176,8 @@ def test_bad_data_gives_one_line(tmp_path, kind, phrase):
         data = tmp_path / "a.h5"
         data.write_bytes(b"not an hdf5 file" * 10)
     (tmp_path / "model.py").write_text(GOOD)
-    result = CliRunner().invoke(cli, ["check", "--model", f"{tmp_path}/model.py:Net",
-                                      "--data", str(data)])
+    result = CliRunner().invoke(
+        cli, ["check", "--model", f"{tmp_path}/model.py:Net", "--data", str(data)]
+    )
     _assert_one_line_error(result, 4, "")
     assert phrase.lower() in result.output.lower(), result.output

@@ -39,15 +39,34 @@ def model(tmp_path_factory):
 
 def _torchrun(*args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "2", "-m", "mri_audit", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "mri_audit",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
 
 
 def test_two_process_audit_equals_single_process(model, singlecoil_dir, tmp_path):
-    common = ["--model", f"{model}/net.py:Net", "--weights", f"{model}/net.pt", "--data",
-              str(singlecoil_dir), "--attacks", "fnaf-rs,fnaf-fd,fnaf-pgd", "--candidates", "4",
-              "--no-progress"]
+    common = [
+        "--model",
+        f"{model}/net.py:Net",
+        "--weights",
+        f"{model}/net.pt",
+        "--data",
+        str(singlecoil_dir),
+        "--attacks",
+        "fnaf-rs,fnaf-fd,fnaf-pgd",
+        "--candidates",
+        "4",
+        "--no-progress",
+    ]
     single = CliRunner().invoke(cli, ["run", *common, "--out", str(tmp_path / "one")])
     assert single.exit_code == 0, single.output
     proc = _torchrun("run", *common, "--out", str(tmp_path / "two"), cwd=tmp_path)
@@ -66,10 +85,29 @@ def test_two_process_audit_equals_single_process(model, singlecoil_dir, tmp_path
 
 
 def test_two_process_hardening(model, singlecoil_dir, tmp_path):
-    proc = _torchrun("harden", "--model", f"{model}/net.py:Net", "--weights", f"{model}/net.pt",
-                     "--data", str(singlecoil_dir), "--max-slices", "2", "--epochs", "1",
-                     "--steps", "2", "--batch-size", "1", "--candidates", "3", "--out",
-                     str(tmp_path / "robust.pt"), "--no-report", cwd=tmp_path)
+    proc = _torchrun(
+        "harden",
+        "--model",
+        f"{model}/net.py:Net",
+        "--weights",
+        f"{model}/net.pt",
+        "--data",
+        str(singlecoil_dir),
+        "--max-slices",
+        "2",
+        "--epochs",
+        "1",
+        "--steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--candidates",
+        "3",
+        "--out",
+        str(tmp_path / "robust.pt"),
+        "--no-report",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "kept epoch 1" in proc.stdout
     state = torch.load(tmp_path / "robust.pt", weights_only=True)

@@ -41,7 +41,7 @@ def test_features_stay_in_window_and_intensity_range():
     lo, hi = ctx.t_min[f.slice_index, None], ctx.t_max[f.slice_index, None]
     assert bool(((f.values >= lo) & (f.values <= hi)).all())
     # Consecutive pixels of a walk are 4-neighbours or equal (clipped at the border).
-    step = (f.rows.diff(dim=1).abs() + f.cols.diff(dim=1).abs())
+    step = f.rows.diff(dim=1).abs() + f.cols.diff(dim=1).abs()
     assert bool((step <= 1).all())
 
 
@@ -97,8 +97,9 @@ def test_phase_insertion_adds_d_to_magnitude_multicoil():
     kspace, target = insert(ctx, f.slice_index, d)
     torch.testing.assert_close(target, ctx.target[f.slice_index] + d, atol=1e-5, rtol=1e-5)
     # The k-space holds the featured image: its RSS equals the new target.
-    img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace.numpy(), axes=(-2, -1)),
-                                       norm="ortho"), axes=(-2, -1))
+    img = np.fft.fftshift(
+        np.fft.ifft2(np.fft.ifftshift(kspace.numpy(), axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
+    )
     rss = np.sqrt((np.abs(img) ** 2).sum(1))
     np.testing.assert_allclose(rss, target.numpy(), atol=1e-5)
 
@@ -112,8 +113,9 @@ def test_magnitude_mode_discards_phase():
 
 def _zf_numpy(kspace, mask, crop):
     k = kspace.astype(np.complex128) * mask
-    img = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"),
-                          axes=(-2, -1))
+    img = np.fft.fftshift(
+        np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
+    )
     mag = np.sqrt((np.abs(img) ** 2).sum(-3))
     h, w = crop
     top, left = (mag.shape[-2] - h) // 2, (mag.shape[-1] - w) // 2
@@ -141,7 +143,8 @@ def test_scores_match_float64_oracle():
     std = t.reshape(len(si), -1).std(1, ddof=1)[:, None, None]
     loss = (((zf_feat - tf) / std) ** 2 * region).sum((1, 2)) / (36 * 36)
     rnmse = (((zf_feat - tf) / std) ** 2 * region).sum((1, 2)) / (
-        (((tf - mean) / std) ** 2) * region).sum((1, 2))
+        (((tf - mean) / std) ** 2) * region
+    ).sum((1, 2))
     zstd = zf_clean.reshape(len(si), -1).std(1, ddof=1)[:, None, None]
     ip = (((zf_feat - zf_clean) / zstd) ** 2).mean((1, 2))
     fd = kspace.numpy().astype(np.complex128) - ks.numpy()[si]
@@ -165,5 +168,4 @@ def test_encode_decode_replays_exactly():
     assert torch.equal(d1, d2) and torch.equal(s1, s2)
     est = estimator(Identity(), ctx.target_shape)
     eng = FnafEngine(est, batch_size=4)
-    torch.testing.assert_close(eng.evaluate(ctx, f).loss, eng.evaluate(ctx, g).loss,
-                               equal_nan=True)
+    torch.testing.assert_close(eng.evaluate(ctx, f).loss, eng.evaluate(ctx, g).loss, equal_nan=True)

@@ -43,21 +43,42 @@ def _model(freeze_head=False):
 def _trainer(tmp_path, data, model, **kw):
     ds = SliceDataset(data, max_slices=2)
     est = Reconstructor(model, target_shape=tuple(ds[0].target.shape))
-    cfg = HardenConfig(**{"epochs": 2, "steps": 2, "batch_size": 2, "lr": 1e-2,
-                          "candidates": 4, "feature_steps": (5, 20), "lam": 4.0,
-                          "val_candidates": 4, **kw})
+    cfg = HardenConfig(
+        **{
+            "epochs": 2,
+            "steps": 2,
+            "batch_size": 2,
+            "lr": 1e-2,
+            "candidates": 4,
+            "feature_steps": (5, 20),
+            "lam": 4.0,
+            "val_candidates": 4,
+            **kw,
+        }
+    )
     classes = {n: load_attack(n) for n in ("fnaf-rs", "fnaf-pgd")}
-    return Trainer(est, ds, ds, cfg, attack_classes=classes,
-                   checkpoint=tmp_path / "w.pt.ckpt", out=tmp_path / "w.pt")
+    return Trainer(
+        est,
+        ds,
+        ds,
+        cfg,
+        attack_classes=classes,
+        checkpoint=tmp_path / "w.pt.ckpt",
+        out=tmp_path / "w.pt",
+    )
 
 
 def _fixed_loss(est, data):
     ds = SliceDataset(data, max_slices=2)
     batch = collate([ds[i] for i in range(len(ds))])
     func = make_mask_func("random", 4)
-    ctx = prepare_context(batch.kspace, target_shape=tuple(batch.target.shape[-2:]),
-                          volumes=batch.volumes, slices=batch.slices,
-                          mask_for=lambda v, n: func(n, seed=volume_seed(v)))
+    ctx = prepare_context(
+        batch.kspace,
+        target_shape=tuple(batch.target.shape[-2:]),
+        volumes=batch.volumes,
+        slices=batch.slices,
+        mask_for=lambda v, n: func(n, seed=volume_seed(v)),
+    )
     si = torch.arange(ctx.num_slices).repeat_interleave(6)
     cand = torch.arange(6).repeat(ctx.num_slices)
     feats = random_walks(ctx, si, cand, steps=15, seed=123)
@@ -88,11 +109,11 @@ def test_resume_gives_the_same_weights(tmp_path, singlecoil_dir):
     resumed.load_checkpoint()
     resumed.config = full.config
     resumed.fit()
-    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(),
-                         strict=True):
+    for (k, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
-    assert [h["attack_rate"] for h in full.history] == [h["attack_rate"]
-                                                        for h in resumed.history]
+    assert [h["attack_rate"] for h in full.history] == [h["attack_rate"] for h in resumed.history]
 
 
 def test_frozen_parameters_stay_unchanged(tmp_path, singlecoil_dir):
@@ -108,9 +129,26 @@ def test_frozen_parameters_stay_unchanged(tmp_path, singlecoil_dir):
 
 def test_cli_harden_end_to_end_and_resume(tmp_path, singlecoil_dir):
     (tmp_path / "net.py").write_text(NET)
-    args = ["harden", "--model", f"{tmp_path}/net.py:Net", "--data", str(singlecoil_dir),
-            "--max-slices", "1", "--epochs", "1", "--steps", "1", "--batch-size", "2",
-            "--candidates", "3", "--out", str(tmp_path / "robust.pt"), "--no-report"]
+    args = [
+        "harden",
+        "--model",
+        f"{tmp_path}/net.py:Net",
+        "--data",
+        str(singlecoil_dir),
+        "--max-slices",
+        "1",
+        "--epochs",
+        "1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--candidates",
+        "3",
+        "--out",
+        str(tmp_path / "robust.pt"),
+        "--no-report",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "kept epoch 1" in result.output
@@ -122,17 +160,30 @@ def test_cli_harden_end_to_end_and_resume(tmp_path, singlecoil_dir):
     assert resumed.exit_code == 0, resumed.output
 
 
-@pytest.mark.parametrize("extra, code, phrase", [
-    (["--accel", "0.5"], 2, "--accel must be >= 1"),
-    (["--feature-steps-range", "50-10"], 2, "--feature-steps-range"),
-    (["--lr", "0"], 2, "--lr"),
-    (["--loss", "huber"], 2, "--loss"),
-])
+@pytest.mark.parametrize(
+    "extra, code, phrase",
+    [
+        (["--accel", "0.5"], 2, "--accel must be >= 1"),
+        (["--feature-steps-range", "50-10"], 2, "--feature-steps-range"),
+        (["--lr", "0"], 2, "--lr"),
+        (["--loss", "huber"], 2, "--loss"),
+    ],
+)
 def test_bad_options(tmp_path, singlecoil_dir, extra, code, phrase):
     (tmp_path / "net.py").write_text(NET)
-    result = CliRunner().invoke(cli, [
-        "harden", "--model", f"{tmp_path}/net.py:Net", "--data", str(singlecoil_dir),
-        "--out", str(tmp_path / "o.pt"), *extra])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "harden",
+            "--model",
+            f"{tmp_path}/net.py:Net",
+            "--data",
+            str(singlecoil_dir),
+            "--out",
+            str(tmp_path / "o.pt"),
+            *extra,
+        ],
+    )
     assert result.exit_code == code, result.output
     assert phrase in result.output and "Traceback" not in result.output
 
@@ -140,7 +191,16 @@ def test_bad_options(tmp_path, singlecoil_dir, extra, code, phrase):
 def test_torchscript_is_refused(tmp_path, singlecoil_dir):
     scripted = torch.jit.trace(_model(), torch.randn(1, 1, 64, 64))
     torch.jit.save(scripted, str(tmp_path / "m.ts"))
-    result = CliRunner().invoke(cli, [
-        "harden", "--model", str(tmp_path / "m.ts"), "--data", str(singlecoil_dir),
-        "--out", str(tmp_path / "o.pt")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "harden",
+            "--model",
+            str(tmp_path / "m.ts"),
+            "--data",
+            str(singlecoil_dir),
+            "--out",
+            str(tmp_path / "o.pt"),
+        ],
+    )
     assert result.exit_code == 5 and "TorchScript" in result.output

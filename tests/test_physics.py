@@ -43,8 +43,9 @@ def test_fft_roundtrip_and_parseval():
 
 def test_fft_is_centred_like_numpy_reference():
     x = _complex(1, 1, 16, 12, dtype=torch.complex128)
-    ref = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x.numpy(), axes=(-2, -1)), norm="ortho"),
-                          axes=(-2, -1))
+    ref = np.fft.fftshift(
+        np.fft.fft2(np.fft.ifftshift(x.numpy(), axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
+    )
     np.testing.assert_allclose(fft2c(x).numpy(), ref, atol=1e-12)
     # A constant image puts all its energy in the centre of k-space.
     k = fft2c(torch.ones(1, 1, 8, 8, dtype=torch.complex64))

@@ -36,10 +36,25 @@ def models(tmp_path_factory):
 
 
 def _run(tmp_path, data, models, *extra, out="audit", check=True):
-    args = ["run", "--model", f"{models}/net.py:Net", "--compare",
-            f"{models}/net.py:Net", "--data", str(data), "--max-slices", "2",
-            "--candidates", "4", "--attacks", "fnaf-rs,fnaf-fd,fnaf-pgd", "--out",
-            str(tmp_path / out), "--no-progress", *extra]
+    args = [
+        "run",
+        "--model",
+        f"{models}/net.py:Net",
+        "--compare",
+        f"{models}/net.py:Net",
+        "--data",
+        str(data),
+        "--max-slices",
+        "2",
+        "--candidates",
+        "4",
+        "--attacks",
+        "fnaf-rs,fnaf-fd,fnaf-pgd",
+        "--out",
+        str(tmp_path / out),
+        "--no-progress",
+        *extra,
+    ]
     result = CliRunner().invoke(cli, args)
     if check:
         assert result.exit_code == 0, result.output
@@ -99,12 +114,16 @@ def test_results_equal_a_recount_from_records_csv(audit):
     # Clean metrics: fastMRI per-volume SSIM/NMSE/PSNR, then the mean over volumes.
     for model, g in df[df["attack"] == "fnaf-rs"].groupby("model"):
         per_volume = g.groupby("volume").agg(
-            ssim=("clean_ssim", "mean"), err=("clean_sq_err", "sum"),
-            norm=("clean_sq_norm", "sum"), pix=("clean_pixels", "sum"),
-            dr=("data_range", "max"))
+            ssim=("clean_ssim", "mean"),
+            err=("clean_sq_err", "sum"),
+            norm=("clean_sq_norm", "sum"),
+            pix=("clean_pixels", "sum"),
+            dr=("data_range", "max"),
+        )
         nmse = (per_volume["err"] / per_volume["norm"]).mean()
-        psnr = (10 * (per_volume["dr"] ** 2 / (per_volume["err"] / per_volume["pix"]))
-                .map(math.log10)).mean()
+        psnr = (
+            10 * (per_volume["dr"] ** 2 / (per_volume["err"] / per_volume["pix"])).map(math.log10)
+        ).mean()
         assert _close(results["clean"][model]["ssim"], float(per_volume["ssim"].mean()))
         assert _close(results["clean"][model]["nmse"], float(nmse))
         assert _close(results["clean"][model]["psnr"], float(psnr))
@@ -136,14 +155,23 @@ def test_resume_recomputes_nothing_and_refuses_changed_config(tmp_path, singleco
     _run(tmp_path, singlecoil_dir, models, "--resume")
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["attacks"] == full["attacks"] and resumed["clean"] == full["clean"]
-    result = _run(tmp_path, singlecoil_dir, models, "--resume", "--threshold", "0.5",
-                  check=False)
+    result = _run(tmp_path, singlecoil_dir, models, "--resume", "--threshold", "0.5", check=False)
     assert result.exit_code == 2 and "threshold" in result.output
 
 
 def test_max_attack_rate_sets_exit_status(tmp_path, singlecoil_dir, models):
-    result = _run(tmp_path, singlecoil_dir, models, "--model-arg", "blur=True",
-                  "--model-arg", "k=9", "--max-attack-rate", "0.0", check=False)
+    result = _run(
+        tmp_path,
+        singlecoil_dir,
+        models,
+        "--model-arg",
+        "blur=True",
+        "--model-arg",
+        "k=9",
+        "--max-attack-rate",
+        "0.0",
+        check=False,
+    )
     assert result.exit_code == 3, result.output
     assert (tmp_path / "audit" / "report.html").exists()
     assert "exceeds --max-attack-rate" in result.output
@@ -163,11 +191,14 @@ def test_config_file_and_flags_combine(tmp_path, singlecoil_dir, models):
     assert config["attacks"] == ["fnaf-rs", "fnaf-fd", "fnaf-pgd"]
 
 
-@pytest.mark.parametrize("text, phrase", [
-    ("nonsense_key = 1\n", "unknown key 'nonsense_key'"),
-    ('candidates = "many"\n', "config key 'candidates'"),
-    ("candidates = [\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, phrase",
+    [
+        ("nonsense_key = 1\n", "unknown key 'nonsense_key'"),
+        ('candidates = "many"\n', "config key 'candidates'"),
+        ("candidates = [\n", "not valid TOML"),
+    ],
+)
 def test_bad_config_files(tmp_path, singlecoil_dir, models, text, phrase):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(text)
@@ -179,10 +210,27 @@ def test_bad_config_files(tmp_path, singlecoil_dir, models, text, phrase):
 
 def test_model_name_with_script_tag_is_escaped(tmp_path, singlecoil_dir, models):
     spec = f"{models}/<script>alert(1)</<script>x.py:Net"  # folder "<script>alert(1)<"
-    result = CliRunner().invoke(cli, [
-        "run", "--model", spec, "--data", str(singlecoil_dir), "--max-volumes", "1",
-        "--max-slices", "1", "--candidates", "2", "--attacks", "fnaf-rs", "--out",
-        str(tmp_path / "x"), "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--model",
+            spec,
+            "--data",
+            str(singlecoil_dir),
+            "--max-volumes",
+            "1",
+            "--max-slices",
+            "1",
+            "--candidates",
+            "2",
+            "--attacks",
+            "fnaf-rs",
+            "--out",
+            str(tmp_path / "x"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     html = (tmp_path / "x" / "report.html").read_text()
     assert "&lt;script&gt;x.py:Net" in html
@@ -195,15 +243,27 @@ def test_unknown_attack_lists_known(tmp_path, singlecoil_dir, models):
 
 
 def test_attack_params(tmp_path, singlecoil_dir, models):
-    result = _run(tmp_path, singlecoil_dir, models, "--max-volumes", "1", "--attack-param",
-                  "fnaf-pgd.steps=2", "--attack-param", "fnaf-fd.h=1")
+    result = _run(
+        tmp_path,
+        singlecoil_dir,
+        models,
+        "--max-volumes",
+        "1",
+        "--attack-param",
+        "fnaf-pgd.steps=2",
+        "--attack-param",
+        "fnaf-fd.h=1",
+    )
     config = json.loads((tmp_path / "audit" / "results.json").read_text())["config"]
     assert config["attack_options"] == {"fnaf-pgd": {"steps": 2}, "fnaf-fd": {"h": 1}}
     assert result.exit_code == 0
-    for bad, phrase in [("fnaf-pgd.nope=1", "no parameter nope"),
-                        ("fnaf-pgd.steps=-1", "steps must be"),
-                        ("kspace-pgd.eps=1", "not among --attacks"),
-                        ("junk", "ATTACK.KEY=VALUE")]:
-        result = _run(tmp_path, singlecoil_dir, models, "--attack-param", bad, out="bad",
-                      check=False)
+    for bad, phrase in [
+        ("fnaf-pgd.nope=1", "no parameter nope"),
+        ("fnaf-pgd.steps=-1", "steps must be"),
+        ("kspace-pgd.eps=1", "not among --attacks"),
+        ("junk", "ATTACK.KEY=VALUE"),
+    ]:
+        result = _run(
+            tmp_path, singlecoil_dir, models, "--attack-param", bad, out="bad", check=False
+        )
         assert result.exit_code == 2 and phrase in result.output, (bad, result.output)
