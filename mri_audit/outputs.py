@@ -12,7 +12,57 @@ from mri_audit.journal import to_jsonable
 from mri_audit.panels import render_panels, worst_records
 from mri_audit.results import SCHEMA_VERSION, aggregate, atomic_write, write_csv, write_json
 
-__all__ = ["finish_audit"]
+__all__ = ["finish_audit", "build_results"]
+
+WORST_CASE_FIELDS = (
+    "model",
+    "attack",
+    "volume",
+    "slice",
+    "loss",
+    "hit",
+    "ip",
+    "rho",
+    "row",
+    "col",
+    "feature",
+)
+
+
+def build_results(
+    *,
+    header: dict,
+    aggregates: dict,
+    worst_cases: list[dict],
+    command_line: list[str],
+    versions: dict,
+    device: str,
+    elapsed: float,
+    started: str,
+) -> dict:
+    """The ``results.json`` document (plain data) of an audit."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "mri-audit",
+        "created": started,
+        "command_line": command_line,
+        "config": header["config"],
+        "versions": versions,
+        "device": device,
+        "elapsed_seconds": elapsed,
+        "data": header["data"],
+        "models": header["models"],
+        "window_fraction": header["config"]["window"],
+        **aggregates,
+        "worst_cases": [{k: c.get(k) for k in WORST_CASE_FIELDS} for c in worst_cases],
+        "files": {
+            "records": "records.csv",
+            "journal": "records.jsonl",
+            "images": "audit_images.npz",
+            "report": "report.html",
+        },
+    }
+
 
 logger = logging.getLogger(__name__)
 
@@ -43,46 +93,16 @@ def finish_audit(
     mean_target = auditor.mean_target()
     if mean_target is not None:
         arrays["mean_target"] = mean_target.numpy().astype(np.float16)
-    window = auditor.attacks and next(iter(auditor.attacks.values())).window
-    results = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": "mri-audit",
-        "created": started,
-        "command_line": command_line,
-        "config": config,
-        "versions": versions,
-        "device": device,
-        "elapsed_seconds": elapsed,
-        "data": header["data"],
-        "models": header["models"],
-        "window_fraction": window,
-        **agg,
-        "worst_cases": [
-            {
-                k: c.get(k)
-                for k in (
-                    "model",
-                    "attack",
-                    "volume",
-                    "slice",
-                    "loss",
-                    "hit",
-                    "ip",
-                    "rho",
-                    "row",
-                    "col",
-                    "feature",
-                )
-            }
-            for c in cases
-        ],
-        "files": {
-            "records": "records.csv",
-            "journal": "records.jsonl",
-            "images": "audit_images.npz",
-            "report": "report.html",
-        },
-    }
+    results = build_results(
+        header=header,
+        aggregates=agg,
+        worst_cases=cases,
+        command_line=command_line,
+        versions=versions,
+        device=device,
+        elapsed=elapsed,
+        started=started,
+    )
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write(out / "audit_images.npz", buf.getvalue())

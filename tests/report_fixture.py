@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from mri_audit.journal import to_jsonable
-from mri_audit.results import SCHEMA_VERSION, aggregate, atomic_write, write_csv, write_json
+from mri_audit.outputs import build_results
+from mri_audit.results import aggregate, atomic_write, write_csv, write_json
 
 __all__ = ["build_audit_folder", "FNAF_ATTACKS"]
 
@@ -243,24 +244,9 @@ def build_audit_folder(
         }
         for j, name in enumerate(models)
     ]
-    results = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": "mri-audit",
-        "created": "2024-05-01T12:00:00+00:00",
-        "command_line": ["mri-audit", "run", "--model", infos[0]["spec"]]
-        + [a for i in infos[1:] for a in ("--compare", i["spec"])]
-        + ["--max-attack-rate", str(max_attack_rate), "--out", str(folder.name)],
+    header = {
         "config": config,
-        "versions": {
-            "mri_audit": "0.1.0",
-            "python": "3.11.2",
-            "torch": "2.3.0",
-            "adversarial_robustness_toolbox": "1.17.1",
-            "numpy": "1.26.4",
-            "platform": "Linux-x86_64",
-        },
-        "device": "cpu",
-        "elapsed_seconds": 123.4,
+        "models": infos,
         "data": {
             "kind": "synthetic",
             "source": "built-in synthetic phantoms (split=val, seed=0)",
@@ -269,35 +255,26 @@ def build_audit_folder(
             "target_shapes": [[size, size]],
             "coils": [4],
         },
-        "models": infos,
-        "window_fraction": WINDOW,
-        **agg,
-        "worst_cases": [
-            {
-                k: c.get(k)
-                for k in (
-                    "model",
-                    "attack",
-                    "volume",
-                    "slice",
-                    "loss",
-                    "hit",
-                    "ip",
-                    "rho",
-                    "row",
-                    "col",
-                    "feature",
-                )
-            }
-            for c in cases
-        ],
-        "files": {
-            "records": "records.csv",
-            "journal": "records.jsonl",
-            "images": "audit_images.npz",
-            "report": "report.html",
-        },
     }
+    results = build_results(
+        header=header,
+        aggregates=agg,
+        worst_cases=cases,
+        command_line=["mri-audit", "run", "--model", infos[0]["spec"]]
+        + [a for i in infos[1:] for a in ("--compare", i["spec"])]
+        + ["--max-attack-rate", str(max_attack_rate), "--out", str(folder.name)],
+        versions={
+            "mri_audit": "0.1.0",
+            "python": "3.11.2",
+            "torch": "2.3.0",
+            "adversarial_robustness_toolbox": "1.17.1",
+            "numpy": "1.26.4",
+            "platform": "Linux-x86_64",
+        },
+        device="cpu",
+        elapsed=123.4,
+        started="2024-05-01T12:00:00+00:00",
+    )
     if images:
         buf = io.BytesIO()
         np.savez_compressed(buf, **_images(cases, targets, models, rng, size))
