@@ -14,11 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
+import torch
 from tqdm import tqdm
 
 from mri_audit.attack import AttackResult, FnafAttack, result_records
 from mri_audit.data import SliceBatch, collate
 from mri_audit.engine import FnafEngine
+from mri_audit.errors import MriAuditError
 from mri_audit.features import SliceContext, prepare_context
 from mri_audit.journal import Journal, record_key
 from mri_audit.metrics import ssim
@@ -215,6 +217,38 @@ class Auditor:
             return None
         device = self.models[0].estimator.device
         batch = batch.to(device)
+        finite = torch.isfinite(torch.view_as_real(batch.kspace)).flatten(1).all(1).tolist()
+        out = [
+            self._failure(m.name, a, v, s, "skipped", "NaN or Inf in the k-space")
+            for ok, v, s in zip(finite, batch.volumes, batch.slices, strict=True)
+            if not ok
+            for m in self.models
+            for a in self.config.attacks
+        ]
+        if any(finite):
+            out += self._attack_batch(_take(batch, [i for i, ok in enumerate(finite) if ok]))
+        return [r for r in out if record_key(r) not in self.done]
+
+    def _failure(
+        self, model: str, attack: str, volume: str, slice_: int, kind: str, reason: str
+    ) -> dict:
+        """The record of a slice that could not be audited (kept, counted, reported)."""
+        return {
+            "model": model,
+            "attack": attack,
+            "kind": kind,
+            "volume": volume,
+            "slice": int(slice_),
+            "error": reason,
+            "found": False,
+            "hit": False,
+            "control_hit": False,
+            "evaluated": 0,
+            "accepted": 0,
+            "transfer": {},
+        }
+
+    def _attack_batch(self, batch: SliceBatch) -> list[dict]:
         ctx = prepare_context(
             batch.kspace,
             target_shape=tuple(batch.target.shape[-2:]),
@@ -227,10 +261,33 @@ class Auditor:
         )
         results: dict[tuple[str, str], AttackResult] = {}
         clean: dict[str, list[dict]] = {}
+        failed: list[dict] = []
         for m in self.models:
-            clean[m.name] = self._clean_metrics(ctx, m)
-            for a in self.config.attacks:
-                results[(m.name, a)] = self.attacks[(m.name, a)].attack(ctx, self.engines[m.name])
+            try:
+                clean[m.name] = self._clean_metrics(ctx, m)
+                for a in self.config.attacks:
+                    attack = self.attacks[(m.name, a)]
+                    results[(m.name, a)] = attack.attack(ctx, self.engines[m.name])
+            except (KeyboardInterrupt, MriAuditError):
+                raise
+            except Exception as err:  # a model that fails on some inputs
+                for a in self.config.attacks:
+                    results.pop((m.name, a), None)
+                if ctx.num_slices > 1:
+                    # Isolate the failing slice(s): audit this model slice by slice.
+                    return self._split(batch)
+                reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+                logger.warning(
+                    "%s failed on %s slice %d: %s",
+                    m.name,
+                    batch.volumes[0],
+                    batch.slices[0],
+                    reason,
+                )
+                failed += [
+                    self._failure(m.name, a, batch.volumes[0], batch.slices[0], "error", reason)
+                    for a in self.config.attacks
+                ]
         transfer = self._transfer(ctx, results)
         out = []
         for (model, attack), result in results.items():
@@ -240,8 +297,13 @@ class Auditor:
                 rec["transfer"] = {
                     target: vals[i] for target, vals in transfer.get((model, attack), {}).items()
                 }
-                if record_key(rec) not in self.done:
-                    out.append(rec)
+                out.append(rec)
+        return out + failed
+
+    def _split(self, batch: SliceBatch) -> list[dict]:
+        out: list[dict] = []
+        for i in range(len(batch.volumes)):
+            out += self._attack_batch(_take(batch, [i]))
         return out
 
     def _accumulate_target(self, batch: SliceBatch) -> None:
@@ -300,6 +362,18 @@ class Auditor:
                 per_target[m.name] = values
             out[(source, attack)] = per_target
         return out
+
+
+def _take(batch: SliceBatch, index: list[int]) -> SliceBatch:
+    """The slices of a batch at ``index``."""
+    idx = torch.as_tensor(index, device=batch.kspace.device)
+    return SliceBatch(
+        batch.kspace[idx],
+        batch.target[idx],
+        [batch.volumes[i] for i in index],
+        [batch.slices[i] for i in index],
+        batch.max_values[idx],
+    )
 
 
 def unique_names(names: Sequence[str]) -> list[str]:

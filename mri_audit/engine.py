@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import torch
 
+from mri_audit.errors import DeviceError
 from mri_audit.features import FeatureBatch, SliceContext, insert, paint
 from mri_audit.metrics import fnaf_region
 from mri_audit.physics import center_crop, ifft2c, rss
@@ -68,7 +69,7 @@ class FnafEngine:
         self.estimator = estimator
         self.ip_epsilon = float(ip_epsilon)
         self.batch_size = int(batch_size)
-        self._clean: dict[int, torch.Tensor] = {}
+        self._clean: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def clean_reconstruction(self, ctx: SliceContext) -> torch.Tensor:
         """The model's reconstruction of each clean slice (cached per context).
@@ -76,23 +77,22 @@ class FnafEngine:
         Shape:
             returns ``(B, h, w)``.
         """
-        key = id(ctx.kspace)
-        if key not in self._clean:
-            outs = []
+        # Keep the k-space itself as the key: an id() could be reused after it is freed.
+        if self._clean is None or self._clean[0] is not ctx.kspace:
+
+            def run(start: int, stop: int) -> torch.Tensor:
+                sl = slice(start, stop)
+                return self.estimator.reconstruct(
+                    ctx.kspace[sl] * ctx.mask[sl],
+                    ctx.mask[sl],
+                    num_low_frequencies=ctx.num_low_frequencies,
+                    zero_filled=ctx.zero_filled[sl],
+                )
+
             with torch.inference_mode():
-                for start in range(0, ctx.num_slices, self.batch_size):
-                    sl = slice(start, start + self.batch_size)
-                    kspace = ctx.kspace[sl] * ctx.mask[sl]
-                    outs.append(
-                        self.estimator.reconstruct(
-                            kspace,
-                            ctx.mask[sl],
-                            num_low_frequencies=ctx.num_low_frequencies,
-                            zero_filled=ctx.zero_filled[sl],
-                        )
-                    )
-            self._clean = {key: torch.cat(outs).float()}
-        return self._clean[key]
+                outs = self._chunked(ctx.num_slices, run)
+            self._clean = (ctx.kspace, torch.cat(outs).float())
+        return self._clean[1]
 
     def _prepare(self, ctx: SliceContext, features: FeatureBatch, probe=None):
         """Insertion, undersampling and IP for a chunk (no model call)."""
@@ -127,22 +127,46 @@ class FnafEngine:
         Shape:
             features: ``N`` candidates; returns :class:`Scores` of ``(N,)`` fields.
         """
-        parts = []
         self.clean_reconstruction(ctx)
+        device = features.rows.device
+
+        def run(start: int, stop: int) -> Scores:
+            return self._evaluate_chunk(
+                ctx, features.take(torch.arange(start, stop, device=device))
+            )
+
         with torch.inference_mode():
-            for start in range(0, features.count, self.batch_size):
-                chunk = features.take(
-                    torch.arange(
-                        start,
-                        min(start + self.batch_size, features.count),
-                        device=features.rows.device,
-                    )
-                )
-                parts.append(self._evaluate_chunk(ctx, chunk))
+            parts = self._chunked(features.count, run)
         if not parts:
             empty = torch.empty(0, device=ctx.kspace.device)
             return Scores(empty, empty, empty, empty, empty.bool(), empty)
         return Scores.cat(parts)
+
+    def _chunked(self, total: int, run) -> list:
+        """``run(start, stop)`` over ``[0, total)`` in chunks of ``batch_size``; on running
+        out of memory the batch is halved and the chunk retried."""
+        out, start = [], 0
+        while start < total:
+            stop = min(start + self.batch_size, total)
+            try:
+                out.append(run(start, stop))
+            except torch.OutOfMemoryError as err:
+                self._shrink(err)
+                continue
+            start = stop
+        return out
+
+    def _shrink(self, err: Exception) -> None:
+        """Out of memory: halve the batch and retry, down to one candidate."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.batch_size == 1:
+            raise DeviceError(
+                "out of GPU memory even with one candidate per batch; use a smaller model, "
+                f"smaller images or another device ({' '.join(str(err).split())[:160]})"
+            ) from err
+        self.batch_size = max(1, self.batch_size // 2)
+        logger.warning("out of memory: retrying with --batch-size %d", self.batch_size)
 
     def _evaluate_chunk(self, ctx: SliceContext, chunk: FeatureBatch) -> Scores:
         si = chunk.slice_index

@@ -377,6 +377,7 @@ def build_context(audit: AuditInputs) -> dict:
         "command_line": shlex.join(str(a) for a in r.get("command_line") or []),
         "versions": r.get("versions") or {},
         "notes": list(audit.notes),
+        "failures": r.get("failures") or {"skipped": 0, "errors": 0, "slices": []},
     }
 
 

@@ -31,6 +31,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+FAILURE_KINDS = ("skipped", "error")
 
 
 def wilson(successes: int, trials: int, z: float = 1.959964) -> dict:
@@ -146,6 +147,8 @@ def aggregate(
     records: Sequence[dict], *, threshold: float, max_attack_rate: float | None, primary: str | None
 ) -> dict:
     """All aggregates of an audit, from its records alone."""
+    failures = [r for r in records if r.get("kind") in FAILURE_KINDS]
+    records = [r for r in records if r.get("kind") not in FAILURE_KINDS]
     groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         groups[r["model"]][r["attack"]].append(r)
@@ -170,6 +173,30 @@ def aggregate(
         "attacks": attacks,
         "transfer": _transfer(records),
         "verdict": verdict,
+        "failures": _failures(failures),
+    }
+
+
+def _failures(rows: Sequence[dict]) -> dict:
+    """Slices that could not be audited: skipped data, or a model that raised."""
+    slices: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["kind"], r["model"], r["volume"], int(r["slice"]))
+        slices.setdefault(
+            key,
+            {
+                "kind": r["kind"],
+                "model": r["model"],
+                "volume": r["volume"],
+                "slice": int(r["slice"]),
+                "reason": r.get("error"),
+            },
+        )
+    listed = sorted(slices.values(), key=lambda f: (f["model"], f["volume"], f["slice"]))
+    return {
+        "skipped": sum(1 for f in listed if f["kind"] == "skipped"),
+        "errors": sum(1 for f in listed if f["kind"] == "error"),
+        "slices": listed,
     }
 
 

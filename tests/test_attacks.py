@@ -233,3 +233,31 @@ def test_library_never_imports_attacks_package():
                 assert not any(a.name.split(".")[0] == "attacks" for a in node.names), path
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert node.module.split(".")[0] != "attacks", path
+
+
+def test_out_of_memory_halves_the_batch_then_fails_clearly(slices, monkeypatch):
+    from mri_audit.errors import DeviceError
+
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    reference = run("fnaf-rs", est, ctx, batch_size=16)
+    real = est.reconstruct
+
+    def limited(kspace, mask, **kw):
+        if kspace.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(kspace, mask, **kw)
+
+    monkeypatch.setattr(est, "reconstruct", limited)
+    engine = FnafEngine(est, batch_size=16)
+    res = load_attack("fnaf-rs")(est, batch_size=16).attack(ctx, engine)
+    assert engine.batch_size == 2
+    assert torch.equal(res.features.rows, reference.features.rows)
+    torch.testing.assert_close(res.loss, reference.loss, rtol=1e-4, atol=1e-9)
+
+    def never(kspace, mask, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(est, "reconstruct", never)
+    with pytest.raises(DeviceError, match="even with one candidate"):
+        load_attack("fnaf-rs")(est).attack(ctx, FnafEngine(est, batch_size=4))

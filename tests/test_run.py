@@ -267,3 +267,56 @@ def test_attack_params(tmp_path, singlecoil_dir, models):
             tmp_path, singlecoil_dir, models, "--attack-param", bad, out="bad", check=False
         )
         assert result.exit_code == 2 and phrase in result.output, (bad, result.output)
+
+
+def test_nan_kspace_slices_are_skipped_and_counted(tmp_path, models):
+    import h5py
+    import numpy as np
+
+    from mri_audit.phantoms import synth_dataset
+
+    folder = tmp_path / "data"
+    (path,) = synth_dataset(folder, volumes=1, slices=3, size=48, coils=1, seed=4)
+    with h5py.File(path, "r+") as hf:
+        k = hf["kspace"][1]
+        k[5, 5] = np.nan
+        hf["kspace"][1] = k
+    result = CliRunner().invoke(cli, [
+        "run", "--model", f"{models}/net.py:Net", "--data", str(folder), "--attacks",
+        "fnaf-rs", "--candidates", "2", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert results["failures"]["skipped"] == 1
+    assert results["failures"]["slices"][0]["slice"] == 1
+    assert results["attacks"]["net.py:Net"]["fnaf-rs"]["slices"] == 2
+    assert "Slices not audited" in (tmp_path / "o" / "report.html").read_text()
+
+
+FLAKY = """
+import torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.calls = 0
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 3 and self.calls % 4 == 0:
+            raise RuntimeError("fails on every fourth call after the dry run")
+        return x + self.c(x)
+"""
+
+
+def test_model_failures_are_isolated_and_reported(tmp_path, singlecoil_dir):
+    (tmp_path / "flaky.py").write_text(FLAKY)
+    result = CliRunner().invoke(cli, [
+        "run", "--model", f"{tmp_path}/flaky.py:Net", "--data", str(singlecoil_dir),
+        "--max-slices", "2", "--attacks", "fnaf-rs", "--candidates", "1", "--batch-size", "1",
+        "--out", str(tmp_path / "o"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    failures = results["failures"]
+    audited = results["attacks"]["flaky.py:Net"]["fnaf-rs"]["slices"]
+    assert failures["errors"] + audited == 4
+    assert failures["errors"] >= 1
+    assert all("RuntimeError" in f["reason"] for f in failures["slices"])
