@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -35,7 +34,7 @@ def _versions() -> dict:
     }
 
 
-def _model_info(opened, spec: str, weights: str | None, name: str) -> dict:
+def _model_info(opened, spec: str, weights: str | None, name: str, args: dict) -> dict:
     from mri_audit.plugins import sha256_file
 
     loaded = opened.loaded
@@ -51,12 +50,8 @@ def _model_info(opened, spec: str, weights: str | None, name: str) -> dict:
         "domain": opened.estimator.input_domain,
         "normalize": opened.estimator.normalize,
         "parameters": opened.parameters,
+        "model_args": {k: repr(v) for k, v in args.items()},
     }
-
-
-def _fingerprint(config: dict, models: list[dict], data: dict) -> str:
-    blob = json.dumps({"config": config, "models": models, "data": data}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _prepare_out(out: Path, resume: bool, force: bool) -> None:
@@ -94,6 +89,8 @@ def _check_resume(header: dict, stored: dict | None, out: Path) -> None:
             diffs.append(f"model file of {m['name']} (sha256 differs)")
         elif o.get("weights_sha256") != m["weights_sha256"]:
             diffs.append(f"weights of {m['name']} (sha256 differs)")
+        elif o.get("model_args") != m["model_args"]:
+            diffs.append(f"constructor arguments of {m['name']} (--model-arg)")
     if stored.get("data") != header["data"]:
         diffs.append("data")
     if diffs:
@@ -187,9 +184,13 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
         attack_options=opts["attack_options"],
     )
     _check_attacks(attack_classes, config, opened[0].estimator)
+    from mri_audit.plugins import parse_model_args
+
+    args = parse_model_args(opts["model_args"])
+    same = all(spec == specs[0][0] for spec, _ in specs)
     models_info = [
-        _model_info(o, spec, weights, n)
-        for o, (spec, weights), n in zip(opened, specs, names, strict=True)
+        _model_info(o, spec, weights, n, args if i == 0 or same else {})
+        for i, (o, (spec, weights), n) in enumerate(zip(opened, specs, names, strict=True))
     ]
     header = {
         "kind": "header",

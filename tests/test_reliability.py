@@ -1,0 +1,115 @@
+"""Interrupted audits: Ctrl-C, a killed process and flaky models lose nothing."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from mri_audit.phantoms import synth_dataset
+
+FLAKY = """
+import time
+import torch
+class Net(torch.nn.Module):
+    '''Fails on about 2% of inputs, the same inputs every run; optionally slow.'''
+    def __init__(self, delay=0.0):
+        super().__init__()
+        self.c = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.delay = delay
+    def forward(self, x):
+        time.sleep(self.delay)
+        for sample in x:
+            code = int(abs(float(sample.double().std())) * 1e7) % 50
+            if code == 17:
+                raise RuntimeError("flaky model failure")
+        return x + self.c(x)
+"""
+
+
+@pytest.fixture(scope="module")
+def flaky(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flaky")
+    (root / "flaky.py").write_text(FLAKY)
+    namespace: dict = {}
+    exec(FLAKY, namespace)  # noqa: S102 - test fixture
+    torch.manual_seed(0)
+    torch.save(namespace["Net"]().state_dict(), root / "w.pt")
+    return root
+
+
+def _cmd(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mri_audit", "run", "--model", f"{model_dir}/flaky.py:Net",
+            "--weights", f"{model_dir}/w.pt", "--data", str(data), "--attacks", "fnaf-rs",
+            "--candidates", "3", "--batch-size", "6", "--out", str(out), "--no-progress",
+            *extra]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_ctrl_c_saves_work_and_says_how_to_resume(flaky, tmp_path):
+    data = tmp_path / "data"
+    synth_dataset(data, volumes=6, slices=2, size=32, coils=1, seed=1)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(flaky, data, out, "--model-arg", "delay=0.05"), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _lines(out / "records.jsonl") < 3 and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert _lines(out / "records.jsonl") >= 3
+    assert not (out / "results.json").exists()
+    done = subprocess.run(_cmd(flaky, data, out, "--model-arg", "delay=0.0", "--resume"),
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--model-arg" in done.stderr  # model args changed
+    done = subprocess.run(_cmd(flaky, data, out, "--model-arg", "delay=0.05", "--resume"),
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(pd.read_csv(out / "records.csv")) == 12
+
+
+@pytest.mark.slow
+def test_soak_kill_and_resume_equals_uninterrupted(flaky, tmp_path):
+    data = tmp_path / "data"
+    synth_dataset(data, volumes=50, slices=4, size=32, coils=1, seed=2)
+    full = subprocess.run(_cmd(flaky, data, tmp_path / "full"), env=_env(), capture_output=True,
+                          text=True, timeout=1200)
+    assert full.returncode == 0, full.stderr
+    reference = pd.read_csv(tmp_path / "full" / "records.csv")
+    assert len(reference) == 200
+    failures = reference[reference["kind"] == "error"]
+    assert len(failures) >= 1, "the flaky model should fail on some slices"
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(flaky, data, out), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    stop_at = random.Random(0).randint(20, 150)
+    deadline = time.time() + 900
+    while _lines(out / "records.jsonl") < stop_at and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (out / "results.json").exists()
+    resumed = subprocess.run(_cmd(flaky, data, out, "--resume"), env=_env(),
+                             capture_output=True, text=True, timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr
+    again = pd.read_csv(out / "records.csv")
+    pd.testing.assert_frame_equal(reference, again)
+    assert (again["kind"] == "error").sum() == len(failures)
