@@ -27,6 +27,20 @@ class RandomSearch(FnafAttack):
     name = "fnaf-rs"
 
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
-        slice_index, candidate = candidate_grid(ctx, self.candidates)
-        features = random_walks(ctx, slice_index, candidate, steps=self.walk_steps, seed=self.seed)
-        return features, engine.evaluate(ctx, features)
+        # The same search with the same settings on the same slices is done once per engine.
+        key = (
+            "fnaf-rs",
+            self.seed,
+            self.candidates,
+            self.walk_steps,
+            ctx.window,
+            engine.ip_epsilon,
+        )
+        memo = engine.memo(ctx)
+        if key not in memo:
+            slice_index, candidate = candidate_grid(ctx, self.candidates)
+            features = random_walks(
+                ctx, slice_index, candidate, steps=self.walk_steps, seed=self.seed
+            )
+            memo[key] = (features, engine.evaluate(ctx, features))
+        return memo[key]

@@ -70,6 +70,14 @@ class FnafEngine:
         self.ip_epsilon = float(ip_epsilon)
         self.batch_size = int(batch_size)
         self._clean: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._memo: tuple[torch.Tensor, dict] | None = None
+
+    def memo(self, ctx: SliceContext) -> dict:
+        """A per-context store for search results several attacks share (e.g. ``fnaf-pgd``
+        starts from exactly ``fnaf-rs``'s candidates); cleared when the context changes."""
+        if self._memo is None or self._memo[0] is not ctx.kspace:
+            self._memo = (ctx.kspace, {})
+        return self._memo[1]
 
     def clean_reconstruction(self, ctx: SliceContext) -> torch.Tensor:
         """The model's reconstruction of each clean slice (cached per context).

@@ -86,7 +86,7 @@ def test_example_loads_and_reconstructs(
     masked, mask, nlf = _masked(batch, accel)
     with torch.no_grad():
         out = recon.reconstruct(masked, mask, num_low_frequencies=nlf)
-    assert out.shape == (len(batch), SIZE, SIZE)
+    assert out.shape == (batch.kspace.shape[0], SIZE, SIZE)
     assert out.dtype == torch.float32
     assert torch.isfinite(out).all()
     assert out.abs().max() > 0
@@ -125,9 +125,9 @@ def test_varnet_single_and_multi_coil(coils: int) -> None:
         given = recon.reconstruct(masked, mask, num_low_frequencies=nlf)
         found = recon.reconstruct(masked, mask)  # ACS found from the mask
         raw = model(torch.view_as_real(masked), mask[..., None])
-    assert raw.shape == (len(batch), SIZE, SIZE)
+    assert raw.shape == (batch.kspace.shape[0], SIZE, SIZE)
     for out in (given, found):
-        assert out.shape == (len(batch), SIZE, SIZE)
+        assert out.shape == (batch.kspace.shape[0], SIZE, SIZE)
         assert torch.isfinite(out).all()
     # The reconstruction is closer to the target than zero-filling.
     zf = zero_filled(masked, None, (SIZE, SIZE))

@@ -28,7 +28,7 @@ class Net(torch.nn.Module):
     def forward(self, x):
         time.sleep(self.delay)
         for sample in x:
-            code = int(abs(float(sample.double().std())) * 1e7) % 50
+            code = int(abs(float(sample[0, 10, 10])) * 1e6) % 50
             if code == 17:
                 raise RuntimeError("flaky model failure")
         return x + self.c(x)
