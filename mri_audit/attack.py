@@ -159,6 +159,18 @@ class FnafAttack(EvasionAttack):
         engine = engine or self.engine()
         with self.estimator.evaluation(parameters_require_grad=False):
             features, scores = self._search(ctx, engine)
+            if engine.precision != "fp32":
+                # Reduced precision finds the candidates; the reported scores are fp32.
+                sel = select_best(
+                    scores._replace(accepted=scores.accepted & (scores.ip >= self.ip_epsilon)),
+                    features.slice_index,
+                    ctx.num_slices,
+                )
+                keep = sel.index[sel.found]
+                features = features.take(keep)
+                rescored = engine.full_precision().evaluate(ctx, features)
+                result = self._finish(ctx, features, rescored)
+                return result._replace(evaluated=sel.evaluated, accepted=sel.accepted)
         return self._finish(ctx, features, scores)
 
     def _finish(self, ctx: SliceContext, features: FeatureBatch, scores: Scores) -> AttackResult:

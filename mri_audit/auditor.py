@@ -50,6 +50,7 @@ class AuditConfig:
     insert: str = "phase"
     seed: int = 0
     batch_size: int = 16
+    precision: str = "fp32"
     attack_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -125,7 +126,10 @@ class Auditor:
         }
         self.engines = {
             m.name: FnafEngine(
-                m.estimator, ip_epsilon=config.ip_epsilon, batch_size=config.batch_size
+                m.estimator,
+                ip_epsilon=config.ip_epsilon,
+                batch_size=config.batch_size,
+                precision=config.precision,
             )
             for m in self.models
         }

@@ -18,7 +18,10 @@ from mri_audit.metrics import fnaf_region
 from mri_audit.physics import center_crop, ifft2c, rss
 from mri_audit.reconstructor import Reconstructor
 
-__all__ = ["Scores", "FnafEngine", "Selection", "select_best"]
+__all__ = ["Scores", "FnafEngine", "Selection", "select_best", "PRECISIONS"]
+
+# Model precision for the candidate search; selected features are rescored in fp32.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +66,36 @@ class FnafEngine:
         batch_size: candidates per model batch.
     """
 
-    def __init__(self, estimator: Reconstructor, *, ip_epsilon: float = 1e-4, batch_size: int = 16):
+    def __init__(
+        self,
+        estimator: Reconstructor,
+        *,
+        ip_epsilon: float = 1e-4,
+        batch_size: int = 16,
+        precision: str = "fp32",
+    ):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         self.estimator = estimator
         self.ip_epsilon = float(ip_epsilon)
         self.batch_size = int(batch_size)
         self._clean: tuple[torch.Tensor, torch.Tensor] | None = None
         self._memo: tuple[torch.Tensor, dict] | None = None
+
+    def autocast(self):
+        """The model's precision context for the candidate search (a no-op for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        device = self.estimator.device.type
+        return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
+
+    def full_precision(self) -> FnafEngine:
+        """An fp32 engine on the same model (for rescoring selected features)."""
+        if self.precision == "fp32":
+            return self
+        return FnafEngine(self.estimator, ip_epsilon=self.ip_epsilon, batch_size=self.batch_size)
 
     def memo(self, ctx: SliceContext) -> dict:
         """A per-context store for search results several attacks share (e.g. ``fnaf-pgd``
@@ -184,12 +209,13 @@ class FnafEngine:
         rnmse = torch.full_like(ip, float("nan"))
         idx = accepted.nonzero().squeeze(1)
         if idx.numel():
-            recon = self.estimator.reconstruct(
-                masked[idx],
-                mask[idx],
-                num_low_frequencies=ctx.num_low_frequencies,
-                zero_filled=zf[idx],
-            ).float()
+            with self.autocast():
+                recon = self.estimator.reconstruct(
+                    masked[idx],
+                    mask[idx],
+                    num_low_frequencies=ctx.num_low_frequencies,
+                    zero_filled=zf[idx],
+                ).float()
             l_acc, n_acc = self._losses(ctx, si[idx], recon, target[idx], region[idx])
             loss[idx], rnmse[idx] = l_acc, n_acc
         return Scores(loss, rnmse, ip, rho, accepted, self._control(ctx, si, region))

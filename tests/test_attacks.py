@@ -261,3 +261,17 @@ def test_out_of_memory_halves_the_batch_then_fails_clearly(slices, monkeypatch):
     monkeypatch.setattr(est, "reconstruct", never)
     with pytest.raises(DeviceError, match="even with one candidate"):
         load_attack("fnaf-rs")(est).attack(ctx, FnafEngine(est, batch_size=4))
+
+
+@pytest.mark.parametrize("name", ["fnaf-rs", "fnaf-fd"])
+def test_reduced_precision_search_reports_fp32_scores(name, slices):
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    engine = FnafEngine(est, batch_size=8, precision="bf16")
+    res = load_attack(name)(est, batch_size=8).attack(ctx, engine)
+    assert bool(res.found.all())
+    exact = FnafEngine(est, batch_size=8).evaluate(ctx, res.features)
+    torch.testing.assert_close(res.loss, exact.loss, rtol=1e-6, atol=1e-12)
+    assert bool((res.evaluated == 11).all()) or name == "fnaf-fd"
+    with pytest.raises(ValueError, match="precision"):
+        FnafEngine(est, precision="fp8")

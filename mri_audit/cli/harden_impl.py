@@ -208,6 +208,7 @@ def _audit(opts, original, val, config, accels, name) -> int:
         "resume": False,
         "force": True,
         "no_progress": False,
+        "precision": "fp32",
         "attack_options": {},
     }
     return run_audit(audit_opts, command_line=["mri-audit", "harden", "..."])

@@ -157,6 +157,19 @@ def _parse_attack_params(values, attacks) -> dict[str, dict]:
     show_default=True,
     help="Candidates per model batch.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Model precision for the candidate search; the chosen features are rescored in fp32.",
+)
+@click.option(
+    "--compile",
+    "compile_model",
+    is_flag=True,
+    help="torch.compile the models (pays off on GPUs for long audits; compiling takes time).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @device_option
 @click.option(

@@ -168,6 +168,12 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
         names=opts.get("names"),
     )
     names = unique_names([o.estimator.name for o in opened])
+    if opts.get("compile_model"):
+        import torch
+
+        for o in opened:
+            if o.loaded.kind != "torchscript":
+                o.estimator._model = torch.compile(o.estimator.model, dynamic=True)
     config = AuditConfig(
         accel=opts["accel"],
         center_fraction=opts["center_fraction"],
@@ -182,6 +188,7 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
         seed=opts["seed"],
         batch_size=opts["batch_size"],
         attack_options=opts["attack_options"],
+        precision=opts.get("precision", "fp32"),
     )
     _check_attacks(attack_classes, config, opened[0].estimator)
     from mri_audit.plugins import parse_model_args
