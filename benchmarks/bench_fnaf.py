@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mri_audit.data import SyntheticDataset, collate  # noqa: E402
 from mri_audit.device import resolve_device  # noqa: E402
+from mri_audit.engine import FnafEngine  # noqa: E402
 from mri_audit.features import prepare_context  # noqa: E402
 from mri_audit.physics import (  # noqa: E402
     center_crop,
@@ -67,23 +68,25 @@ def timed(fn, device, repeats: int) -> float:
     return best
 
 
-def bench_floor(est, n: int, batch: int, shape, device, dtype=torch.float32):
-    inputs = torch.randn(batch, 1, *shape, device=device, dtype=dtype)
+def bench_floor(est, n: int, batch: int, shape, device, precision: str = "fp32"):
+    inputs = torch.randn(batch, 1, *shape, device=device)
+    engine = FnafEngine(est, precision=precision)
 
     def run():
-        with torch.inference_mode():
+        with torch.inference_mode(), engine.autocast():
             for start in range(0, n, batch):
                 est.model(inputs[: min(batch, n - start)])
 
     return run
 
 
-def bench_engine(est, ctx, candidates: int, batch: int):
+def bench_engine(est, ctx, candidates: int, batch: int, precision: str = "fp32"):
     attack = load_attack("fnaf-rs")(est, candidates=candidates, batch_size=batch)
 
     def run():
-        res = attack.attack(ctx)
-        return res
+        # A fresh engine each time: nothing is memoised between repeats.
+        engine = FnafEngine(est, batch_size=batch, precision=precision)
+        return attack.attack(ctx, engine)
 
     return run, attack
 
@@ -156,6 +159,9 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--loop-slices", type=int, default=None, help="slices for the slow loop")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--skip-loop", action="store_true", help="do not time the slow loop")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
@@ -173,11 +179,13 @@ def main(argv=None) -> dict:
         slices=batch.slices,
         mask_for=lambda v, n: func(n, seed=volume_seed(v)),
     )
-    est = Reconstructor(model, target_shape=(args.size, args.size), device=device)
     for p_ in model.parameters():
         p_.requires_grad_(False)
+    if args.compile:
+        model = torch.compile(model, dynamic=True)
+    est = Reconstructor(model, target_shape=(args.size, args.size), device=device)
     n = args.slices * args.candidates
-    engine_run, attack = bench_engine(est, ctx, args.candidates, args.batch_size)
+    engine_run, attack = bench_engine(est, ctx, args.candidates, args.batch_size, args.precision)
     t_engine = timed(engine_run, device, args.repeats)
     res = engine_run()
     accepted = int(res.accepted.sum())
@@ -192,13 +200,19 @@ def main(argv=None) -> dict:
         slices=batch.slices[:loop_slices],
         mask_for=lambda v, n_: func(n_, seed=volume_seed(v)),
     )
-    t_loop = timed(bench_loop(est, loop_ctx, args.candidates), device, 1)
     n_loop = loop_slices * args.candidates
+    t_loop = (
+        float("nan")
+        if args.skip_loop
+        else timed(bench_loop(est, loop_ctx, args.candidates), device, 1)
+    )
     figures = {
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "model": f"U-Net chans={args.chans} pools={args.pools}",
+        "precision": args.precision,
+        "compile": args.compile,
         "size": args.size,
         "slices": args.slices,
         "candidates_per_slice": args.candidates,
