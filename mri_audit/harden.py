@@ -343,8 +343,13 @@ class Trainer:
         atomic_write(self.out, buf.getvalue())
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, *, resume: bool = False) -> dict:
-        """Train for the configured epochs; returns the history and the chosen epoch."""
+    def fit(self, *, resume: bool = False, on_epoch: Callable[[dict], None] | None = None) -> dict:
+        """Train for the configured epochs; returns the history and the chosen epoch.
+
+        Args:
+            resume: continue from the checkpoint when there is one.
+            on_epoch: called with each epoch's validation entry (and once with the start).
+        """
         cfg = self.config
         if resume and self.checkpoint.exists():
             self.load_checkpoint()
@@ -352,6 +357,8 @@ class Trainer:
         if self.start is None:
             self.start = self.validate()
             logger.info("start: %s", self.start)
+            if on_epoch is not None:
+                on_epoch({"epoch": 0, **self.start})
         floor = self.start["ssim"] - cfg.ssim_tolerance
         while self.epoch < cfg.epochs:
             epoch = self.epoch
@@ -386,6 +393,9 @@ class Trainer:
                 "train_hits": float(np.mean([x["hits"] for x in losses])),
             }
             self.history.append(entry)
+            logger.info("epoch %d: %s", self.epoch, entry)
+            if on_epoch is not None:
+                on_epoch(entry)
             eligible = val["ssim"] >= floor
             if eligible and (
                 self.best is None

@@ -133,7 +133,17 @@ def _execute(opts: dict, env, device) -> int:
             torch.save(opened.estimator.model.state_dict(), buf)
             atomic_write(original, buf.getvalue())
     started = time.perf_counter()
-    summary = trainer.fit(resume=opts["resume"])
+
+    def report_epoch(entry: dict) -> None:
+        if env.is_main:
+            label = "start" if entry["epoch"] == 0 else f"epoch {entry['epoch']}"
+            click.echo(
+                f"{label:<11} SSIM {entry['ssim']:.4f}  NMSE {entry['nmse']:.5f}  "
+                f"fnaf-rs attack rate {entry['attack_rate']:.1%}",
+                err=True,
+            )
+
+    summary = trainer.fit(resume=opts["resume"], on_epoch=report_epoch)
     elapsed = time.perf_counter() - started
     agree(env, lambda: None)  # every rank has finished training
     if not env.is_main:
