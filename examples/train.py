@@ -223,7 +223,37 @@ def write_card(path: Path, card: dict[str, Any]) -> Path:
     return card_path
 
 
+def _harden_section(name: str, card: dict[str, Any]) -> str:
+    """The README section of a ``mri-audit harden`` card (``<weights>.json`` beside the weights)."""
+    cfg, summary = card["config"], card["summary"]
+    start, best = summary["start"], summary["best"]
+    steps = cfg["steps"] if cfg["steps"] is not None else "one pass"
+    lines = [
+        f"## {name}",
+        "",
+        f"- model: `{card['model']}`, hardened from `{card['weights']}` by `mri-audit harden` "
+        "(FNAF-robust min-max fine-tuning)",
+        f"- settings: {cfg['epochs']} epochs x {steps} steps x batch {cfg['batch_size']}, "
+        f"Adam lr {cfg['lr']}, lambda {cfg['lam']}, feature steps "
+        f"{cfg['feature_steps'][0]}-{cfg['feature_steps'][1]}, inner `{cfg['inner']}` with "
+        f"{cfg['candidates']} candidates, {cfg['loss']} loss, seed {cfg['seed']}, "
+        f"{card['seconds'] / 60:.1f} min",
+        f"- command: `{card.get('command', 'mri-audit harden ...')}`",
+        f"- kept epoch {best['epoch']}: the lowest validation `fnaf-rs` attack rate among epochs "
+        f"with SSIM within {cfg['ssim_tolerance']} of the starting model's",
+        "",
+        "| | SSIM | NMSE | fnaf-rs attack rate |",
+        "|---|---|---|---|",
+        f"| before | {start['ssim']:.4f} | {start['nmse']:.5f} | {start['attack_rate']:.1%} |",
+        f"| after | {best['ssim']:.4f} | {best['nmse']:.5f} | {best['attack_rate']:.1%} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def _card_section(card: dict[str, Any]) -> str:
+    if card.get("kind") == "harden" or "summary" in card:
+        return _harden_section(card["name"], card)
     m, z = card["metrics"]["model"], card["metrics"]["zero_filled"]
     tr, s = card["training"], card["settings"]
     data = card["data"]
@@ -259,17 +289,20 @@ def refresh_readme(folder: Path) -> Path:
     cards = []
     for card_path in sorted(folder.glob("*.pt.json")):
         try:
-            cards.append(json.loads(card_path.read_text(encoding="utf-8")))
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+            card.setdefault("name", card_path.name[: -len(".json")])
+            cards.append(card)
         except (OSError, json.JSONDecodeError) as err:
             logger.warning("skipping unreadable card %s (%s)", card_path, err)
     header = [
         "# Example weights",
         "",
-        "Trained by `examples/train.py` on mri-audit's built-in synthetic phantoms (see",
-        "`examples/README.md`). Each `.pt` file is a plain state dict; its `.pt.json` card holds",
-        "the full settings and per-volume metrics. Metrics are on the held-out synthetic split",
-        "(means over volumes, fastMRI definitions, `data_range` = volume maximum). This file is",
-        "regenerated from the cards by `examples/train.py`.",
+        "Trained by `examples/train.py` (or fine-tuned by `mri-audit harden`, `*_robust.pt`) on",
+        "mri-audit's built-in synthetic phantoms (see `examples/README.md`). Each `.pt` file is a",
+        "plain state dict; its `.pt.json` card holds the full settings and metrics. Metrics are on",
+        "the held-out synthetic split (means over volumes, fastMRI definitions, `data_range` =",
+        "volume maximum). This file is regenerated from the cards by `examples/train.py`",
+        "(`python examples/train.py --refresh-readme`).",
         "",
     ]
     text = "\n".join(header) + "\n" + "\n".join(_card_section(c) for c in cards)
@@ -281,16 +314,26 @@ def refresh_readme(folder: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=sorted(MODELS), required=True)
+    parser.add_argument("--model", choices=sorted(MODELS))
     parser.add_argument("--accel", type=int, choices=(4, 8), default=4)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, required=True, help="weights file (.pt)")
+    parser.add_argument("--out", type=Path, help="weights file (.pt)")
+    parser.add_argument(
+        "--refresh-readme",
+        action="store_true",
+        help="only rebuild weights/README.md from the cards there, and exit",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.refresh_readme:
+        logger.info("wrote %s", refresh_readme(HERE / "weights"))
+        return 0
+    if args.out is None or args.model is None:
+        parser.error("--model and --out are required (or --refresh-readme alone)")
     if args.steps < 1 or args.batch_size < 1 or not args.lr > 0:
         parser.error("--steps, --batch-size and --lr must be positive")
     torch.set_num_threads(args.threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import types
 from pathlib import Path
 
@@ -160,3 +161,54 @@ def test_zero_filled_example_equals_physics(batch: SliceBatch) -> None:
     expected = zero_filled(batch.kspace, mask, (SIZE, SIZE))
     scale = expected.abs().max()
     torch.testing.assert_close(out / scale, expected / scale, atol=1e-6, rtol=0)
+
+
+def test_unet_4x_beats_zero_filled_on_held_out() -> None:
+    """Recompute the card's held-out metrics: the 4x U-Net beats zero-filling by >= 0.05 SSIM."""
+    train = _script_module("train")
+    model = _load("unet.py:UNet", "unet_4x.pt").module.eval()
+    metrics = train.evaluate(model, "image", accel=4)
+    card = json.loads((WEIGHTS / "unet_4x.pt.json").read_text())["metrics"]
+    assert metrics["model"]["ssim"] - metrics["zero_filled"]["ssim"] >= 0.05
+    for key in ("model", "zero_filled"):
+        assert metrics[key]["ssim"] == pytest.approx(card[key]["ssim"], abs=2e-3)
+        assert metrics[key]["nmse"] == pytest.approx(card[key]["nmse"], rel=0.05)
+
+
+def test_weights_readme_is_rebuilt_from_both_card_kinds(tmp_path: Path) -> None:
+    train = _script_module("train")
+    trained = json.loads((WEIGHTS / "unet_4x.pt.json").read_text())
+    (tmp_path / "unet_4x.pt.json").write_text(json.dumps(trained))
+    entry = {"ssim": 0.9, "nmse": 0.003, "attack_rate": 0.75}
+    hardened = {
+        "kind": "harden",
+        "command": "mri-audit harden --model examples/unet.py:UNet --out x_robust.pt",
+        "config": {
+            "epochs": 2,
+            "steps": 10,
+            "batch_size": 4,
+            "lr": 3e-5,
+            "lam": 1.0,
+            "feature_steps": [10, 100],
+            "inner": "random",
+            "candidates": 11,
+            "loss": "l1",
+            "seed": 0,
+            "ssim_tolerance": 0.01,
+        },
+        "model": "examples/unet.py:UNet",
+        "weights": "examples/weights/unet_4x.pt",
+        "summary": {
+            "start": {**entry, "epoch": 0},
+            "best": {**entry, "epoch": 2, "attack_rate": 0.125},
+            "history": [],
+        },
+        "seconds": 120.0,
+    }
+    (tmp_path / "x_robust.pt.json").write_text(json.dumps(hardened))
+    (tmp_path / "broken.pt.json").write_text("{not json")
+    text = train.refresh_readme(tmp_path).read_text()
+    assert "## unet_4x.pt" in text and "## x_robust.pt" in text and "broken" not in text
+    assert "| before | 0.9000 | 0.00300 | 75.0% |" in text
+    assert "| after | 0.9000 | 0.00300 | 12.5% |" in text
+    assert "kept epoch 2" in text and hardened["command"] in text

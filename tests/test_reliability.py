@@ -51,10 +51,28 @@ def flaky(tmp_path_factory):
 
 
 def _cmd(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mri_audit", "run", "--model", f"{model_dir}/flaky.py:Net",
-            "--weights", f"{model_dir}/w.pt", "--data", str(data), "--attacks", "fnaf-rs",
-            "--candidates", "3", "--batch-size", "6", "--out", str(out), "--no-progress",
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "mri_audit",
+        "run",
+        "--model",
+        f"{model_dir}/flaky.py:Net",
+        "--weights",
+        f"{model_dir}/w.pt",
+        "--data",
+        str(data),
+        "--attacks",
+        "fnaf-rs",
+        "--candidates",
+        "3",
+        "--batch-size",
+        "6",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _env() -> dict:
@@ -69,8 +87,13 @@ def test_ctrl_c_saves_work_and_says_how_to_resume(flaky, tmp_path):
     data = tmp_path / "data"
     synth_dataset(data, volumes=6, slices=2, size=32, coils=1, seed=1)
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(flaky, data, out, "--model-arg", "delay=0.05"), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cmd(flaky, data, out, "--model-arg", "delay=0.05"),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while _lines(out / "records.jsonl") < 3 and time.time() < deadline:
         time.sleep(0.1)
@@ -80,11 +103,21 @@ def test_ctrl_c_saves_work_and_says_how_to_resume(flaky, tmp_path):
     assert "--resume" in err and "Traceback" not in err
     assert _lines(out / "records.jsonl") >= 3
     assert not (out / "results.json").exists()
-    done = subprocess.run(_cmd(flaky, data, out, "--model-arg", "delay=0.0", "--resume"),
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _cmd(flaky, data, out, "--model-arg", "delay=0.0", "--resume"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "--model-arg" in done.stderr  # model args changed
-    done = subprocess.run(_cmd(flaky, data, out, "--model-arg", "delay=0.05", "--resume"),
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _cmd(flaky, data, out, "--model-arg", "delay=0.05", "--resume"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert len(pd.read_csv(out / "records.csv")) == 12
 
@@ -93,8 +126,13 @@ def test_ctrl_c_saves_work_and_says_how_to_resume(flaky, tmp_path):
 def test_soak_kill_and_resume_equals_uninterrupted(flaky, tmp_path):
     data = tmp_path / "data"
     synth_dataset(data, volumes=50, slices=4, size=32, coils=1, seed=2)
-    full = subprocess.run(_cmd(flaky, data, tmp_path / "full"), env=_env(), capture_output=True,
-                          text=True, timeout=1200)
+    full = subprocess.run(
+        _cmd(flaky, data, tmp_path / "full"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert full.returncode == 0, full.stderr
     reference = pd.read_csv(tmp_path / "full" / "records.csv")
     assert len(reference) == 200
@@ -102,8 +140,9 @@ def test_soak_kill_and_resume_equals_uninterrupted(flaky, tmp_path):
     assert len(failures) >= 1, "the flaky model should fail on some slices"
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(flaky, data, out), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(flaky, data, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     stop_at = random.Random(0).randint(20, 150)
     deadline = time.time() + 900
     while _lines(out / "records.jsonl") < stop_at and time.time() < deadline:
@@ -111,8 +150,9 @@ def test_soak_kill_and_resume_equals_uninterrupted(flaky, tmp_path):
     proc.kill()
     proc.wait()
     assert not (out / "results.json").exists()
-    resumed = subprocess.run(_cmd(flaky, data, out, "--resume"), env=_env(),
-                             capture_output=True, text=True, timeout=1200)
+    resumed = subprocess.run(
+        _cmd(flaky, data, out, "--resume"), env=_env(), capture_output=True, text=True, timeout=1200
+    )
     assert resumed.returncode == 0, resumed.stderr
     again = pd.read_csv(out / "records.csv")
     pd.testing.assert_frame_equal(reference, again)

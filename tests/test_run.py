@@ -281,9 +281,23 @@ def test_nan_kspace_slices_are_skipped_and_counted(tmp_path, models):
         k = hf["kspace"][1]
         k[5, 5] = np.nan
         hf["kspace"][1] = k
-    result = CliRunner().invoke(cli, [
-        "run", "--model", f"{models}/net.py:Net", "--data", str(folder), "--attacks",
-        "fnaf-rs", "--candidates", "2", "--out", str(tmp_path / "o"), "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--model",
+            f"{models}/net.py:Net",
+            "--data",
+            str(folder),
+            "--attacks",
+            "fnaf-rs",
+            "--candidates",
+            "2",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert results["failures"]["skipped"] == 1
@@ -309,10 +323,27 @@ class Net(torch.nn.Module):
 
 def test_model_failures_are_isolated_and_reported(tmp_path, singlecoil_dir):
     (tmp_path / "flaky.py").write_text(FLAKY)
-    result = CliRunner().invoke(cli, [
-        "run", "--model", f"{tmp_path}/flaky.py:Net", "--data", str(singlecoil_dir),
-        "--max-slices", "2", "--attacks", "fnaf-rs", "--candidates", "1", "--batch-size", "1",
-        "--out", str(tmp_path / "o"), "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--model",
+            f"{tmp_path}/flaky.py:Net",
+            "--data",
+            str(singlecoil_dir),
+            "--max-slices",
+            "2",
+            "--attacks",
+            "fnaf-rs",
+            "--candidates",
+            "1",
+            "--batch-size",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     failures = results["failures"]

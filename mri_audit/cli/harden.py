@@ -140,7 +140,7 @@ def harden(**opts) -> None:
     if opts["weights"] and Path(opts["weights"]).resolve() == out.resolve():
         raise UsageError("--out must differ from --weights (the original is kept)")
     try:
-        code = execute(opts)
+        code = execute(opts, command_line=[Path(sys.argv[0]).name, *sys.argv[1:]])
     except ValueError as err:
         raise UsageError(str(err)) from None
     except ModelError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import time
 from pathlib import Path
 
@@ -39,17 +40,18 @@ def _datasets(opts):
     return train, val
 
 
-def execute(opts: dict) -> int:
+def execute(opts: dict, command_line: list[str] | None = None) -> int:
+    """Run ``harden`` with parsed options; ``command_line`` is recorded in the card and report."""
     from mri_audit.distributed import init_distributed, shutdown
 
     env, device = init_distributed(opts["device"])
     try:
-        return _execute(opts, env, device)
+        return _execute(opts, env, device, command_line or ["mri-audit", "harden"])
     finally:
         shutdown(env)
 
 
-def _execute(opts: dict, env, device) -> int:
+def _execute(opts: dict, env, device, command_line: list[str]) -> int:
     from tqdm import tqdm
 
     from mri_audit.cli.setup import build_mask_func, open_models
@@ -149,7 +151,7 @@ def _execute(opts: dict, env, device) -> int:
     if not env.is_main:
         if opts["no_report"]:
             return 0
-        return _audit(opts, original, val, config, accels, opened.loaded.name)
+        return _audit(opts, original, val, config, accels, opened.loaded.name, command_line)
     start, best = summary["start"], summary["best"]
     click.echo(
         f"start       SSIM {start['ssim']:.4f}  NMSE {start['nmse']:.5f}  "
@@ -165,6 +167,8 @@ def _execute(opts: dict, env, device) -> int:
     )
     click.echo(f"kept epoch {best['epoch']} -> {out}{note} ({elapsed:.0f} s)")
     card = {
+        "kind": "harden",
+        "command": shlex.join(str(a) for a in command_line),
         "config": config.to_dict(),
         "model": opts["model_spec"],
         "weights": opts["weights"],
@@ -177,14 +181,14 @@ def _execute(opts: dict, env, device) -> int:
     if opts["no_report"]:
         return 0
     click.echo(f"before/after audit on the validation data -> {_report_out(opts)}/")
-    return _audit(opts, original, val, config, accels, opened.loaded.name)
+    return _audit(opts, original, val, config, accels, opened.loaded.name, command_line)
 
 
 def _report_out(opts) -> Path:
     return Path(opts["report_out"] or str(opts["out"]) + ".audit")
 
 
-def _audit(opts, original, val, config, accels, name) -> int:
+def _audit(opts, original, val, config, accels, name, command_line) -> int:
     from mri_audit.cli.run_impl import execute as run_audit
 
     out, report_out = Path(opts["out"]), _report_out(opts)
@@ -221,4 +225,4 @@ def _audit(opts, original, val, config, accels, name) -> int:
         "precision": "fp32",
         "attack_options": {},
     }
-    return run_audit(audit_opts, command_line=["mri-audit", "harden", "..."])
+    return run_audit(audit_opts, command_line=command_line)
