@@ -37,7 +37,9 @@ __all__ = ["HardenConfig", "Trainer", "LOSSES"]
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("l1", "mse", "ssim")
+#: Image losses: L1 or MSE in per-slice normalised units, 1 - SSIM, or 1 - SSIM plus the L1
+#: (SSIM alone lets the intensity scale drift, which NMSE then sees).
+LOSSES = ("l1", "mse", "ssim", "ssim+l1")
 
 
 @dataclass(frozen=True)
@@ -180,8 +182,11 @@ class Trainer:
         return diff.square() if self.config.loss == "mse" else diff.abs()
 
     def _image_loss(self, recon, target, std, data_range) -> torch.Tensor:
-        if self.config.loss == "ssim":
-            return (1 - ssim(recon, target, data_range)).mean()
+        if self.config.loss.startswith("ssim"):
+            loss = (1 - ssim(recon, target, data_range)).mean()
+            if self.config.loss == "ssim+l1":
+                loss = loss + self._pixel_loss(recon, target, std).mean()
+            return loss
         return self._pixel_loss(recon, target, std).mean()
 
     # ------------------------------------------------------------------ one step
@@ -243,7 +248,7 @@ class Trainer:
                 ).float()
                 region = fnaf_region(support)
                 pix = self._pixel_loss(recon, target, ctx.t_std[si])
-                if self.config.loss == "ssim":
+                if self.config.loss.startswith("ssim"):
                     pix = ((recon - target) / ctx.t_std[si, None, None]).abs()
                 on_region = (pix * region).sum((-2, -1)) / region.sum((-2, -1)).clamp_min(1)
                 whole = self._image_loss(recon, target, ctx.t_std[si], ctx.data_range[si])

@@ -87,8 +87,9 @@ def _fixed_loss(est, data):
     return float(scores.loss.mean())
 
 
-def test_training_lowers_fnaf_loss_on_fixed_features(tmp_path, singlecoil_dir):
-    trainer = _trainer(tmp_path, singlecoil_dir, _model(), epochs=3, steps=3)
+@pytest.mark.parametrize("loss", ["l1", "ssim+l1"])
+def test_training_lowers_fnaf_loss_on_fixed_features(tmp_path, singlecoil_dir, loss):
+    trainer = _trainer(tmp_path, singlecoil_dir, _model(), epochs=3, steps=3, loss=loss)
     before = _fixed_loss(trainer.est, singlecoil_dir)
     trainer.fit()
     after = _fixed_loss(trainer.est, singlecoil_dir)
@@ -204,3 +205,21 @@ def test_torchscript_is_refused(tmp_path, singlecoil_dir):
         ],
     )
     assert result.exit_code == 5 and "TorchScript" in result.output
+
+
+def test_ssim_plus_l1_is_the_sum_of_its_terms(tmp_path, singlecoil_dir):
+    recon = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(1))
+    target = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(2))
+    std, data_range = torch.tensor([0.5, 2.0]), torch.tensor([1.0, 1.0])
+    losses = {
+        name: float(
+            _trainer(tmp_path, singlecoil_dir, _model(), loss=name)._image_loss(
+                recon, target, std, data_range
+            )
+        )
+        for name in ("l1", "ssim", "ssim+l1")
+    }
+    l1 = float(((recon - target) / std[:, None, None]).abs().mean())
+    assert losses["l1"] == pytest.approx(l1, rel=1e-6)
+    assert losses["ssim+l1"] == pytest.approx(losses["ssim"] + l1, rel=1e-6)
+    assert 0 < losses["ssim"] < 2

@@ -92,7 +92,14 @@ def _steps_range(value: str) -> tuple[int, int]:
     help="Inner maximisation: random candidates, or + fnaf-pgd.",
 )
 @click.option("--candidates", type=click.IntRange(min=1), default=11, show_default=True)
-@click.option("--loss", type=click.Choice(["l1", "ssim", "mse"]), default="l1", show_default=True)
+@click.option(
+    "--loss",
+    type=click.Choice(["l1", "ssim", "mse", "ssim+l1"]),
+    default="l1",
+    show_default=True,
+    help="Image loss: L1/MSE in per-slice normalised units, 1-SSIM, or 1-SSIM + L1 "
+    "(keeps SSIM and NMSE together). The loss on the FNAF region is L1 (MSE for mse).",
+)
 @click.option(
     "--ssim-tolerance",
     type=click.FloatRange(min=0),
