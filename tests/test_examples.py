@@ -26,6 +26,7 @@ SHIPPED = ["unet_4x.pt", "unet_8x.pt", "varnet_4x.pt", "unet_4x_robust.pt"]
 NMSE_GROWTH = 1.25
 MAX_BYTES = 10 * 1024 * 1024
 SIZE = 64
+TRAINED_SIZE = 160
 
 # (spec, weights file or None, input domain, acceleration)
 MODELS = [
@@ -41,8 +42,8 @@ def _available_models() -> list[tuple[str, str | None, str, int]]:
     return MODELS + [m for m in OPTIONAL if (WEIGHTS / m[1]).is_file()]
 
 
-def _batch(coils: int = 1) -> SliceBatch:
-    ds = SyntheticDataset(split="val", volumes=1, slices=2, size=SIZE, coils=coils)
+def _batch(coils: int = 1, size: int = SIZE) -> SliceBatch:
+    ds = SyntheticDataset(split="val", volumes=1, slices=2, size=size, coils=coils)
     return collate([ds[i] for i in range(len(ds))])
 
 
@@ -121,20 +122,20 @@ def test_unet_torchscript_export_matches(tmp_path: Path, batch: SliceBatch) -> N
 
 @pytest.mark.parametrize("coils", [1, 4])
 def test_varnet_single_and_multi_coil(coils: int) -> None:
-    batch = _batch(coils=coils) if coils > 1 else _batch()
+    batch = _batch(coils=coils, size=TRAINED_SIZE)  # the size the weights were trained at
     model = _load("varnet.py:VarNet", "varnet_4x.pt").module.eval()
-    recon = Reconstructor(model, input_domain="kspace", target_shape=(SIZE, SIZE))
+    recon = Reconstructor(model, input_domain="kspace", target_shape=(TRAINED_SIZE, TRAINED_SIZE))
     masked, mask, nlf = _masked(batch, 4)
     with torch.no_grad():
         given = recon.reconstruct(masked, mask, num_low_frequencies=nlf)
         found = recon.reconstruct(masked, mask)  # ACS found from the mask
         raw = model(torch.view_as_real(masked), mask[..., None])
-    assert raw.shape == (batch.kspace.shape[0], SIZE, SIZE)
+    assert raw.shape == (batch.kspace.shape[0], TRAINED_SIZE, TRAINED_SIZE)
     for out in (given, found):
-        assert out.shape == (batch.kspace.shape[0], SIZE, SIZE)
+        assert out.shape == (batch.kspace.shape[0], TRAINED_SIZE, TRAINED_SIZE)
         assert torch.isfinite(out).all()
     # The reconstruction is closer to the target than zero-filling.
-    zf = zero_filled(masked, None, (SIZE, SIZE))
+    zf = zero_filled(masked, None, (TRAINED_SIZE, TRAINED_SIZE))
     assert (given - batch.target).norm() < (zf - batch.target).norm()
 
 
