@@ -240,7 +240,12 @@ def _harden_section(name: str, card: dict[str, Any]) -> str:
         f"{card['seconds'] / 60:.1f} min",
         f"- command: `{card.get('command', 'mri-audit harden ...')}`",
         f"- kept epoch {best['epoch']}: the lowest validation `fnaf-rs` attack rate among epochs "
-        f"with SSIM within {cfg['ssim_tolerance']} of the starting model's",
+        f"with SSIM within {cfg['ssim_tolerance']} of the starting model's"
+        + (
+            f" and NMSE at most {cfg['nmse_tolerance']:.0%} above it"
+            if cfg.get("nmse_tolerance") is not None
+            else ""
+        ),
         "",
         "| | SSIM | NMSE | fnaf-rs attack rate |",
         "|---|---|---|---|",

@@ -61,6 +61,7 @@ class HardenConfig:
     seed: int = 0
     amp: bool = False
     ssim_tolerance: float = 0.01
+    nmse_tolerance: float | None = None
     threshold: float = 1e-3
     ip_epsilon: float = 1e-4
     window: float = 0.375
@@ -401,7 +402,10 @@ class Trainer:
             logger.info("epoch %d: %s", self.epoch, entry)
             if on_epoch is not None:
                 on_epoch(entry)
-            eligible = val["ssim"] >= floor
+            eligible = val["ssim"] >= floor and (
+                cfg.nmse_tolerance is None
+                or val["nmse"] <= self.start["nmse"] * (1 + cfg.nmse_tolerance)
+            )
             if eligible and (
                 self.best is None
                 or val["attack_rate"] < self.best["attack_rate"]
@@ -410,7 +414,7 @@ class Trainer:
                 self.best = {**entry}
                 self._save_weights()
             elif self.best is None or self.best.get("fallback"):
-                # Nothing within the SSIM floor yet: keep the last epoch, flagged.
+                # Nothing within the SSIM (and NMSE) tolerance yet: keep the last epoch, flagged.
                 self.best = {**entry, "fallback": True}
                 self._save_weights()
             self.save_checkpoint()

@@ -168,6 +168,7 @@ def test_cli_harden_end_to_end_and_resume(tmp_path, singlecoil_dir):
         (["--feature-steps-range", "50-10"], 2, "--feature-steps-range"),
         (["--lr", "0"], 2, "--lr"),
         (["--loss", "huber"], 2, "--loss"),
+        (["--nmse-tolerance", "-0.1"], 2, "--nmse-tolerance"),
     ],
 )
 def test_bad_options(tmp_path, singlecoil_dir, extra, code, phrase):
@@ -223,3 +224,30 @@ def test_ssim_plus_l1_is_the_sum_of_its_terms(tmp_path, singlecoil_dir):
     assert losses["l1"] == pytest.approx(l1, rel=1e-6)
     assert losses["ssim+l1"] == pytest.approx(losses["ssim"] + l1, rel=1e-6)
     assert 0 < losses["ssim"] < 2
+
+
+@pytest.mark.parametrize(
+    ("nmse_tolerance", "kept"),
+    [(None, 3), (0.1, 2), (0.0, 1)],
+)
+def test_kept_epoch_respects_ssim_and_nmse_tolerances(
+    tmp_path, singlecoil_dir, monkeypatch, nmse_tolerance, kept
+):
+    """Scripted validations: the kept epoch is the lowest attack rate within both tolerances."""
+    trainer = _trainer(
+        tmp_path, singlecoil_dir, _model(), epochs=4, steps=1, nmse_tolerance=nmse_tolerance
+    )
+    script = iter(
+        [
+            {"ssim": 0.900, "nmse": 0.0030, "attack_rate": 0.80},  # start
+            {"ssim": 0.899, "nmse": 0.0030, "attack_rate": 0.50},  # epoch 1
+            {"ssim": 0.897, "nmse": 0.0032, "attack_rate": 0.20},  # epoch 2: NMSE +6.7%
+            {"ssim": 0.891, "nmse": 0.0035, "attack_rate": 0.10},  # epoch 3: NMSE +17%
+            {"ssim": 0.880, "nmse": 0.0040, "attack_rate": 0.00},  # epoch 4: SSIM out
+        ]
+    )
+    monkeypatch.setattr(trainer, "validate", lambda: dict(next(script)))
+    monkeypatch.setattr(trainer, "train_step", lambda epoch, step: {"loss": 0.0, "hits": 0.0})
+    summary = trainer.fit()
+    assert summary["best"]["epoch"] == kept
+    assert not summary["best"].get("fallback")

@@ -108,6 +108,13 @@ def _steps_range(value: str) -> tuple[int, int]:
     help="Keep epochs whose validation SSIM is within this of the starting model's.",
 )
 @click.option(
+    "--nmse-tolerance",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Also require the validation NMSE to stay within this fraction of the starting "
+    "model's (0.1: at most 10% higher) [default: no NMSE condition].",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False),
     required=True,

@@ -95,6 +95,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         seed=opts["seed"],
         amp=opts["amp"],
         ssim_tolerance=opts["ssim_tolerance"],
+        nmse_tolerance=opts.get("nmse_tolerance"),
     )
     out = Path(opts["out"])
     attack_classes = {n: load_attack(n) for n in ("fnaf-rs", "fnaf-pgd")}
