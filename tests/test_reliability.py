@@ -79,6 +79,10 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
@@ -103,21 +107,9 @@ def test_ctrl_c_saves_work_and_says_how_to_resume(flaky, tmp_path):
     assert "--resume" in err and "Traceback" not in err
     assert _lines(out / "records.jsonl") >= 3
     assert not (out / "results.json").exists()
-    done = subprocess.run(
-        _cmd(flaky, data, out, "--model-arg", "delay=0.0", "--resume"),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _run(_cmd(flaky, data, out, "--model-arg", "delay=0.0", "--resume"), timeout=300)
     assert done.returncode == 2 and "--model-arg" in done.stderr  # model args changed
-    done = subprocess.run(
-        _cmd(flaky, data, out, "--model-arg", "delay=0.05", "--resume"),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _run(_cmd(flaky, data, out, "--model-arg", "delay=0.05", "--resume"), timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(pd.read_csv(out / "records.csv")) == 12
 
@@ -126,13 +118,7 @@ def test_ctrl_c_saves_work_and_says_how_to_resume(flaky, tmp_path):
 def test_soak_kill_and_resume_equals_uninterrupted(flaky, tmp_path):
     data = tmp_path / "data"
     synth_dataset(data, volumes=50, slices=4, size=32, coils=1, seed=2)
-    full = subprocess.run(
-        _cmd(flaky, data, tmp_path / "full"),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    full = _run(_cmd(flaky, data, tmp_path / "full"), timeout=1200)
     assert full.returncode == 0, full.stderr
     reference = pd.read_csv(tmp_path / "full" / "records.csv")
     assert len(reference) == 200
@@ -150,9 +136,7 @@ def test_soak_kill_and_resume_equals_uninterrupted(flaky, tmp_path):
     proc.kill()
     proc.wait()
     assert not (out / "results.json").exists()
-    resumed = subprocess.run(
-        _cmd(flaky, data, out, "--resume"), env=_env(), capture_output=True, text=True, timeout=1200
-    )
+    resumed = _run(_cmd(flaky, data, out, "--resume"), timeout=1200)
     assert resumed.returncode == 0, resumed.stderr
     again = pd.read_csv(out / "records.csv")
     pd.testing.assert_frame_equal(reference, again)
