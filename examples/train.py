@@ -239,8 +239,13 @@ def _harden_section(name: str, card: dict[str, Any]) -> str:
         f"{cfg['candidates']} candidates, {cfg['loss']} loss, seed {cfg['seed']}, "
         f"{card['seconds'] / 60:.1f} min",
         f"- command: `{card.get('command', 'mri-audit harden ...')}`",
-        f"- kept epoch {best['epoch']}: the lowest validation `fnaf-rs` attack rate among epochs "
-        f"with SSIM within {cfg['ssim_tolerance']} of the starting model's"
+        f"- kept epoch {best['epoch']}: "
+        + (
+            "no epoch met the tolerances below, so the last epoch was kept:"
+            if best.get("fallback")
+            else "the lowest validation `fnaf-rs` attack rate among epochs"
+        )
+        + f" with SSIM within {cfg['ssim_tolerance']} of the starting model's"
         + (
             f" and NMSE at most {cfg['nmse_tolerance']:.0%} above it"
             if cfg.get("nmse_tolerance") is not None
@@ -257,7 +262,7 @@ def _harden_section(name: str, card: dict[str, Any]) -> str:
 
 
 def _card_section(card: dict[str, Any]) -> str:
-    if card.get("kind") == "harden" or "summary" in card:
+    if card.get("kind") == "harden":
         return _harden_section(card["name"], card)
     m, z = card["metrics"]["model"], card["metrics"]["zero_filled"]
     tr, s = card["training"], card["settings"]

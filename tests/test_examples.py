@@ -216,6 +216,10 @@ def test_weights_readme_is_rebuilt_from_both_card_kinds(tmp_path: Path) -> None:
     assert "| before | 0.9000 | 0.00300 | 75.0% |" in text
     assert "| after | 0.9000 | 0.00300 | 12.5% |" in text
     assert "kept epoch 2" in text and hardened["command"] in text
+    assert "no epoch met the tolerances" not in text
+    hardened["summary"]["best"]["fallback"] = True
+    (tmp_path / "x_robust.pt.json").write_text(json.dumps(hardened))
+    assert "no epoch met the tolerances" in train.refresh_readme(tmp_path).read_text()
 
 
 @pytest.mark.slow
