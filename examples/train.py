@@ -223,6 +223,29 @@ def write_card(path: Path, card: dict[str, Any]) -> Path:
     return card_path
 
 
+def _kept_line(cfg: dict[str, Any], best: dict[str, Any]) -> str:
+    """The README line that says which weights a harden run kept and why."""
+    within = f"SSIM within {cfg['ssim_tolerance']} of the starting model's" + (
+        f" and NMSE at most {cfg['nmse_tolerance']:.0%} above it"
+        if cfg.get("nmse_tolerance") is not None
+        else ""
+    )
+    if best.get("fallback"):
+        return f"- kept epoch {best['epoch']}, the last one, because nothing had {within}"
+    among = "epochs"
+    if cfg.get("interpolate"):
+        among = (
+            f"epochs and the {cfg['interpolate']} blends (1-a)*start + a*final "
+            "(`--interpolate`, WiSE-FT)"
+        )
+    if "alpha" in best:
+        a = best["alpha"]
+        what = f"the blend {1 - a:.2f} x starting weights + {a:.2f} x epoch {best['epoch']}"
+    else:
+        what = f"epoch {best['epoch']}"
+    return f"- kept {what}: the lowest validation `fnaf-rs` attack rate among {among} with {within}"
+
+
 def _harden_section(name: str, card: dict[str, Any]) -> str:
     """The README section of a ``mri-audit harden`` card (``<weights>.json`` beside the weights)."""
     cfg, summary = card["config"], card["summary"]
@@ -239,18 +262,7 @@ def _harden_section(name: str, card: dict[str, Any]) -> str:
         f"{cfg['candidates']} candidates, {cfg['loss']} loss, seed {cfg['seed']}, "
         f"{card['seconds'] / 60:.1f} min",
         f"- command: `{card.get('command', 'mri-audit harden ...')}`",
-        f"- kept epoch {best['epoch']}: "
-        + (
-            "no epoch met the tolerances below, so the last epoch was kept:"
-            if best.get("fallback")
-            else "the lowest validation `fnaf-rs` attack rate among epochs"
-        )
-        + f" with SSIM within {cfg['ssim_tolerance']} of the starting model's"
-        + (
-            f" and NMSE at most {cfg['nmse_tolerance']:.0%} above it"
-            if cfg.get("nmse_tolerance") is not None
-            else ""
-        ),
+        _kept_line(cfg, best),
         "",
         "| | SSIM | NMSE | fnaf-rs attack rate |",
         "|---|---|---|---|",

@@ -10,6 +10,10 @@ Each epoch ends with validation (SSIM/NMSE/PSNR and the ``fnaf-rs`` attack rate)
 checkpoint; the best epoch by attack rate among those within ``ssim_tolerance`` of the starting
 model's SSIM is written to the output weights. Every random draw is keyed by (seed, epoch,
 step, ...), so a resumed run gives the same weights as an uninterrupted one.
+
+With ``interpolate`` > 0 the run ends with weight-space blends of the starting and final weights
+(WiSE-FT, see ``mri_audit.blending``), validated like epochs and competing with them for the kept
+weights.
 """
 
 from __future__ import annotations
@@ -25,21 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mri_audit.blending import blend_alphas, blend_weights
 from mri_audit.data import collate, iter_batches
 from mri_audit.engine import FnafEngine
 from mri_audit.features import insert, paint, prepare_context
-from mri_audit.metrics import VolumeMetrics, fnaf_region, ssim
+from mri_audit.losses import LOSSES, image_loss, pixel_loss
+from mri_audit.metrics import VolumeMetrics, fnaf_region
 from mri_audit.physics import Mask, make_mask_func, volume_seed
 from mri_audit.reconstructor import Reconstructor
 from mri_audit.results import atomic_write
 
-__all__ = ["HardenConfig", "Trainer", "LOSSES"]
+__all__ = ["HardenConfig", "Trainer"]
 
 logger = logging.getLogger(__name__)
-
-#: Image losses: L1 or MSE in per-slice normalised units, 1 - SSIM, or 1 - SSIM plus the L1
-#: (SSIM alone lets the intensity scale drift, which NMSE then sees).
-LOSSES = ("l1", "mse", "ssim", "ssim+l1")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class HardenConfig:
     window: float = 0.375
     candidate_batch: int = 16
     val_candidates: int = 11
+    interpolate: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -151,6 +154,13 @@ class Trainer:
         global_batch = config.batch_size * world_size
         self.steps_per_epoch = config.steps or max(1, len(train_set) // global_batch)
         self.history: list[dict] = []
+        self.blends: list[dict] | None = None
+        # The weights before any step (loaded checkpoints replace the model's, not these).
+        self.start_weights = (
+            {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            if config.interpolate
+            else None
+        )
         self.start: dict | None = None
         self.best: dict | None = None
         self.epoch = 0
@@ -176,19 +186,6 @@ class Trainer:
             return self.mask_funcs[accel](num_cols, seed=key % (2**32))
 
         return mask_for
-
-    # ------------------------------------------------------------------ losses
-    def _pixel_loss(self, recon, target, std) -> torch.Tensor:
-        diff = (recon - target) / std[:, None, None]
-        return diff.square() if self.config.loss == "mse" else diff.abs()
-
-    def _image_loss(self, recon, target, std, data_range) -> torch.Tensor:
-        if self.config.loss.startswith("ssim"):
-            loss = (1 - ssim(recon, target, data_range)).mean()
-            if self.config.loss == "ssim+l1":
-                loss = loss + self._pixel_loss(recon, target, std).mean()
-            return loss
-        return self._pixel_loss(recon, target, std).mean()
 
     # ------------------------------------------------------------------ one step
     def train_step(self, epoch: int, step: int) -> dict[str, float]:
@@ -236,7 +233,7 @@ class Trainer:
             clean = self.est.reconstruct(
                 masked, ctx.mask, num_low_frequencies=ctx.num_low_frequencies
             ).float()
-            loss_clean = self._image_loss(clean, ctx.target, ctx.t_std, ctx.data_range)
+            loss_clean = image_loss(cfg.loss, clean, ctx.target, ctx.t_std, ctx.data_range)
             loss_feat = torch.zeros((), device=self.device)
             found = result.found.nonzero().squeeze(1)
             if found.numel():
@@ -248,11 +245,11 @@ class Trainer:
                     kspace * ctx.mask[si], ctx.mask[si], num_low_frequencies=ctx.num_low_frequencies
                 ).float()
                 region = fnaf_region(support)
-                pix = self._pixel_loss(recon, target, ctx.t_std[si])
-                if self.config.loss.startswith("ssim"):
-                    pix = ((recon - target) / ctx.t_std[si, None, None]).abs()
+                pix = pixel_loss(cfg.loss, recon, target, ctx.t_std[si])
+                if cfg.loss.startswith("ssim"):
+                    pix = pixel_loss("l1", recon, target, ctx.t_std[si])
                 on_region = (pix * region).sum((-2, -1)) / region.sum((-2, -1)).clamp_min(1)
-                whole = self._image_loss(recon, target, ctx.t_std[si], ctx.data_range[si])
+                whole = image_loss(cfg.loss, recon, target, ctx.t_std[si], ctx.data_range[si])
                 loss_feat = on_region.mean() + whole
             loss = loss_clean + cfg.lam * loss_feat
         self.scaler.scale(loss).backward()
@@ -314,6 +311,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
             "history": self.history,
+            "blends": self.blends,
             "start": self.start,
             "best": self.best,
             "config": self.config.to_dict(),
@@ -330,15 +328,15 @@ class Trainer:
         state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
         if state.get("format") != "mri-audit-harden-1":
             raise ValueError(f"{self.checkpoint} is not an mri-audit harden checkpoint")
-        if state["config"] != self.config.to_dict():
-            diff = sorted(
-                k for k in state["config"] if state["config"][k] != self.config.to_dict().get(k)
-            )
+        saved = {**HardenConfig().to_dict(), **state["config"]}  # older files lack newer keys
+        if saved != self.config.to_dict():
+            diff = sorted(k for k in saved if saved[k] != self.config.to_dict().get(k))
             raise ValueError(f"the checkpoint was made with other settings ({', '.join(diff)})")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        self.blends = state.get("blends")
         self.start, self.best = state["start"], state["best"]
 
     def _save_weights(self) -> None:
@@ -365,7 +363,6 @@ class Trainer:
             logger.info("start: %s", self.start)
             if on_epoch is not None:
                 on_epoch({"epoch": 0, **self.start})
-        floor = self.start["ssim"] - cfg.ssim_tolerance
         while self.epoch < cfg.epochs:
             epoch = self.epoch
             bar = (
@@ -402,20 +399,60 @@ class Trainer:
             logger.info("epoch %d: %s", self.epoch, entry)
             if on_epoch is not None:
                 on_epoch(entry)
-            eligible = val["ssim"] >= floor and (
-                cfg.nmse_tolerance is None
-                or val["nmse"] <= self.start["nmse"] * (1 + cfg.nmse_tolerance)
-            )
-            if eligible and (
-                self.best is None
-                or val["attack_rate"] < self.best["attack_rate"]
-                or self.best.get("fallback")
+            self._consider(entry)
+            self.save_checkpoint()
+        if cfg.interpolate and self.blends is None:
+            self._interpolate(on_epoch)
+        return {
+            "start": self.start,
+            "history": self.history,
+            "blends": self.blends or [],
+            "best": self.best,
+        }
+
+    def _eligible(self, val: dict) -> bool:
+        """Whether validation metrics are within the SSIM (and NMSE) tolerance of the start's."""
+        cfg = self.config
+        return val["ssim"] >= self.start["ssim"] - cfg.ssim_tolerance and (
+            cfg.nmse_tolerance is None
+            or val["nmse"] <= self.start["nmse"] * (1 + cfg.nmse_tolerance)
+        )
+
+    def _consider(self, entry: dict, *, fallback_ok: bool = True) -> None:
+        """Keep the model's current weights if ``entry`` beats the best so far.
+
+        Best: the lowest attack rate among eligible entries, ties to the higher SSIM. Until an
+        entry is eligible the latest one is kept, flagged ``fallback``.
+        """
+        if self._eligible(entry):
+            best = self.best
+            if (
+                best is None
+                or best.get("fallback")
+                or (entry["attack_rate"], -entry["ssim"]) < (best["attack_rate"], -best["ssim"])
             ):
                 self.best = {**entry}
                 self._save_weights()
-            elif self.best is None or self.best.get("fallback"):
-                # Nothing within the SSIM (and NMSE) tolerance yet: keep the last epoch, flagged.
-                self.best = {**entry, "fallback": True}
-                self._save_weights()
-            self.save_checkpoint()
-        return {"start": self.start, "history": self.history, "best": self.best}
+        elif fallback_ok and (self.best is None or self.best.get("fallback")):
+            self.best = {**entry, "fallback": True}
+            self._save_weights()
+
+    def _interpolate(self, on_epoch: Callable[[dict], None] | None) -> None:
+        """Validate blends of the starting and final weights; they compete for the kept weights."""
+        final = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        blends = []
+        try:
+            for alpha in blend_alphas(self.config.interpolate):
+                with torch.no_grad():
+                    self.model.load_state_dict(blend_weights(self.start_weights, final, alpha))
+                entry = {"epoch": self.epoch, "alpha": alpha, **self.validate()}
+                blends.append(entry)
+                logger.info("blend %.3f: %s", alpha, entry)
+                if on_epoch is not None:
+                    on_epoch(entry)
+                # A blend never displaces the final epoch as the fallback.
+                self._consider(entry, fallback_ok=False)
+        finally:
+            self.model.load_state_dict(final)
+        self.blends = blends
+        self.save_checkpoint()

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 WEIGHTS = EXAMPLES / "weights"
 SHIPPED = ["unet_4x.pt", "unet_8x.pt", "varnet_4x.pt", "unet_4x_robust.pt"]
-#: The hardened U-Net's NMSE may grow this much over the standard one's. The paper's shape asks
-#: for 1.10; the shipped CPU-trained weights reach 1.20 (see examples/weights/README.md).
-NMSE_GROWTH = 1.25
+#: The hardened U-Net's NMSE may grow at most this much over the standard one's (the shape of
+#: the FNAF paper's result; the shipped weights: 1.091).
+NMSE_GROWTH = 1.10
 MAX_BYTES = 10 * 1024 * 1024
 SIZE = 64
 TRAINED_SIZE = 160
@@ -216,10 +216,18 @@ def test_weights_readme_is_rebuilt_from_both_card_kinds(tmp_path: Path) -> None:
     assert "| before | 0.9000 | 0.00300 | 75.0% |" in text
     assert "| after | 0.9000 | 0.00300 | 12.5% |" in text
     assert "kept epoch 2" in text and hardened["command"] in text
-    assert "no epoch met the tolerances" not in text
+    assert "because nothing had" not in text
     hardened["summary"]["best"]["fallback"] = True
     (tmp_path / "x_robust.pt.json").write_text(json.dumps(hardened))
-    assert "no epoch met the tolerances" in train.refresh_readme(tmp_path).read_text()
+    text = train.refresh_readme(tmp_path).read_text()
+    assert "kept epoch 2, the last one, because nothing had SSIM within 0.01" in text
+    # A kept WiSE-FT blend is named with its weights and the set it was chosen from.
+    hardened["config"]["interpolate"] = 9
+    hardened["summary"]["best"] = {**entry, "epoch": 6, "alpha": 0.6, "attack_rate": 0.125}
+    (tmp_path / "x_robust.pt.json").write_text(json.dumps(hardened))
+    text = train.refresh_readme(tmp_path).read_text()
+    assert "kept the blend 0.40 x starting weights + 0.60 x epoch 6" in text
+    assert "among epochs and the 9 blends" in text
 
 
 @pytest.mark.slow

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from mri_audit.blending import blend_alphas, blend_weights
 from mri_audit.cli import cli
 from mri_audit.data import SliceDataset, collate
 from mri_audit.engine import FnafEngine
 from mri_audit.features import prepare_context, random_walks
 from mri_audit.harden import HardenConfig, Trainer
+from mri_audit.losses import image_loss
 from mri_audit.physics import make_mask_func, volume_seed
 from mri_audit.reconstructor import Reconstructor
 from mri_audit.registry import load_attack
@@ -128,28 +131,32 @@ def test_frozen_parameters_stay_unchanged(tmp_path, singlecoil_dir):
     assert not any(p.requires_grad for p in model.head.parameters())
 
 
-def test_cli_harden_end_to_end_and_resume(tmp_path, singlecoil_dir):
+def _cli_args(tmp_path, data, *extra) -> list[str]:
+    """A one-step ``harden`` of the tiny model on one slice per volume, without the audit."""
     (tmp_path / "net.py").write_text(NET)
-    args = [
+    return [
         "harden",
         "--model",
         f"{tmp_path}/net.py:Net",
         "--data",
-        str(singlecoil_dir),
+        str(data),
         "--max-slices",
         "1",
         "--epochs",
         "1",
         "--steps",
         "1",
-        "--batch-size",
-        "2",
         "--candidates",
         "3",
         "--out",
         str(tmp_path / "robust.pt"),
         "--no-report",
+        *extra,
     ]
+
+
+def test_cli_harden_end_to_end_and_resume(tmp_path, singlecoil_dir):
+    args = _cli_args(tmp_path, singlecoil_dir, "--batch-size", "2")
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "kept epoch 1" in result.output
@@ -169,6 +176,7 @@ def test_cli_harden_end_to_end_and_resume(tmp_path, singlecoil_dir):
         (["--lr", "0"], 2, "--lr"),
         (["--loss", "huber"], 2, "--loss"),
         (["--nmse-tolerance", "-0.1"], 2, "--nmse-tolerance"),
+        (["--interpolate", "-1"], 2, "--interpolate"),
     ],
 )
 def test_bad_options(tmp_path, singlecoil_dir, extra, code, phrase):
@@ -208,20 +216,20 @@ def test_torchscript_is_refused(tmp_path, singlecoil_dir):
     assert result.exit_code == 5 and "TorchScript" in result.output
 
 
-def test_ssim_plus_l1_is_the_sum_of_its_terms(tmp_path, singlecoil_dir):
+def test_ssim_plus_l1_is_the_sum_of_its_terms():
     recon = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(1))
     target = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(2))
     std, data_range = torch.tensor([0.5, 2.0]), torch.tensor([1.0, 1.0])
     losses = {
-        name: float(
-            _trainer(tmp_path, singlecoil_dir, _model(), loss=name)._image_loss(
-                recon, target, std, data_range
-            )
-        )
-        for name in ("l1", "ssim", "ssim+l1")
+        name: float(image_loss(name, recon, target, std, data_range))
+        for name in ("l1", "ssim", "ssim+l1", "mse")
     }
     l1 = float(((recon - target) / std[:, None, None]).abs().mean())
     assert losses["l1"] == pytest.approx(l1, rel=1e-6)
+    mse = float(((recon - target) / std[:, None, None]).double().square().mean())
+    assert losses["mse"] == pytest.approx(mse, rel=1e-5)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        image_loss("huber", recon, target, std, data_range)
     assert losses["ssim+l1"] == pytest.approx(losses["ssim"] + l1, rel=1e-6)
     assert 0 < losses["ssim"] < 2
 
@@ -246,8 +254,133 @@ def test_kept_epoch_respects_ssim_and_nmse_tolerances(
             {"ssim": 0.880, "nmse": 0.0040, "attack_rate": 0.00},  # epoch 4: SSIM out
         ]
     )
-    monkeypatch.setattr(trainer, "validate", lambda: dict(next(script)))
+    monkeypatch.setattr(trainer, "validate", lambda: dict(next(script), strict=True))
     monkeypatch.setattr(trainer, "train_step", lambda epoch, step: {"loss": 0.0, "hits": 0.0})
     summary = trainer.fit()
     assert summary["best"]["epoch"] == kept
     assert not summary["best"].get("fallback")
+
+
+def test_blend_weights_by_hand():
+    start = {"w": torch.tensor([0.0, 2.0]), "n": torch.tensor(3)}
+    final = {"w": torch.tensor([1.0, 0.0]), "n": torch.tensor(7)}
+    mid = blend_weights(start, final, 0.25)
+    torch.testing.assert_close(mid["w"], torch.tensor([0.25, 1.5]))
+    assert int(mid["n"]) == 7  # counters come from the final weights
+    torch.testing.assert_close(blend_weights(start, final, 0.0)["w"], start["w"])
+    torch.testing.assert_close(blend_weights(start, final, 1.0)["w"], final["w"])
+    assert blend_alphas(3) == [0.25, 0.5, 0.75] and blend_alphas(0) == []
+
+
+def _scripted(trainer, monkeypatch, values):
+    script = iter(values)
+    monkeypatch.setattr(
+        trainer,
+        "validate",
+        lambda: dict(zip(("ssim", "nmse", "attack_rate"), next(script), strict=True)),
+    )
+
+
+def test_interpolate_keeps_the_best_blend_and_writes_its_weights(
+    tmp_path, singlecoil_dir, monkeypatch
+):
+    """Blends compete with epochs; the kept file holds exactly that blend; training resumes."""
+    trainer = _trainer(
+        tmp_path, singlecoil_dir, _model(), epochs=2, steps=1, interpolate=3, nmse_tolerance=0.1
+    )
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    _scripted(
+        trainer,
+        monkeypatch,
+        [
+            (0.900, 0.0030, 0.80),  # start
+            (0.899, 0.0031, 0.50),  # epoch 1
+            (0.880, 0.0040, 0.00),  # epoch 2: SSIM out of tolerance
+            (0.899, 0.0030, 0.40),  # blend 0.25
+            (0.897, 0.0032, 0.20),  # blend 0.5: the best within both tolerances
+            (0.895, 0.0034, 0.10),  # blend 0.75: NMSE +13%
+        ],
+    )
+    summary = trainer.fit()
+    assert [b["alpha"] for b in summary["blends"]] == [0.25, 0.5, 0.75]
+    assert summary["best"]["alpha"] == 0.5 and summary["best"]["epoch"] == 2
+    assert not summary["best"].get("fallback")
+    final = trainer.model.state_dict()  # the model is left at the final epoch's weights
+    assert any(not torch.equal(final[k], start[k]) for k in start)
+    kept = torch.load(tmp_path / "w.pt", weights_only=True)
+    for k, v in blend_weights(start, final, 0.5).items():
+        torch.testing.assert_close(kept[k], v, rtol=0, atol=0, msg=k)
+    ckpt = torch.load(tmp_path / "w.pt.ckpt", weights_only=True)
+    assert ckpt["best"]["alpha"] == 0.5 and len(ckpt["blends"]) == 3
+    for k, v in final.items():
+        assert torch.equal(ckpt["model"][k], v), k
+    # Resuming a finished run validates nothing again and keeps the same choice.
+    again = _trainer(
+        tmp_path, singlecoil_dir, _model(), epochs=2, steps=1, interpolate=3, nmse_tolerance=0.1
+    )
+    monkeypatch.setattr(again, "validate", lambda: pytest.fail("validated again"))
+    assert again.fit(resume=True)["best"] == summary["best"]
+
+
+@pytest.mark.parametrize(
+    ("blend_nmse", "kept_alpha"),
+    [(0.0031, 0.5), (0.0050, None)],
+)
+def test_blend_replaces_a_fallback_epoch_only_when_it_is_eligible(
+    tmp_path, singlecoil_dir, monkeypatch, blend_nmse, kept_alpha
+):
+    trainer = _trainer(
+        tmp_path, singlecoil_dir, _model(), epochs=1, steps=1, interpolate=1, nmse_tolerance=0.1
+    )
+    _scripted(
+        trainer,
+        monkeypatch,
+        [(0.900, 0.0030, 0.80), (0.890, 0.0040, 0.0), (0.899, blend_nmse, 0.30)],
+    )
+    monkeypatch.setattr(trainer, "train_step", lambda epoch, step: {"loss": 0.0, "hits": 0.0})
+    best = trainer.fit()["best"]
+    assert best.get("alpha") == kept_alpha
+    assert bool(best.get("fallback")) == (kept_alpha is None)
+
+
+def test_checkpoint_without_newer_settings_still_resumes(tmp_path, singlecoil_dir):
+    trainer = _trainer(tmp_path, singlecoil_dir, _model(), epochs=1, steps=1)
+    trainer.fit()
+    state = torch.load(tmp_path / "w.pt.ckpt", weights_only=True)
+    del state["config"]["interpolate"], state["blends"]
+    torch.save(state, tmp_path / "w.pt.ckpt")
+    resumed = _trainer(tmp_path, singlecoil_dir, _model(), epochs=1, steps=1)
+    resumed.load_checkpoint()
+    assert resumed.epoch == 1 and resumed.blends is None
+
+
+def test_cli_interpolate_prints_and_records_the_blends(tmp_path, singlecoil_dir):
+    result = CliRunner().invoke(cli, _cli_args(tmp_path, singlecoil_dir, "--interpolate", "2"))
+    assert result.exit_code == 0, result.output
+    assert "blend 0.33" in result.output and "blend 0.67" in result.output
+    card = json.loads((tmp_path / "robust.pt.json").read_text())
+    assert card["config"]["interpolate"] == 2
+    assert [round(b["alpha"], 4) for b in card["summary"]["blends"]] == [0.3333, 0.6667]
+    assert "kept " in result.output
+
+
+def test_card_gets_the_before_after_audit_and_sha256(tmp_path):
+    import hashlib
+
+    from mri_audit.cli.harden_impl import add_audit_to_card
+
+    out = tmp_path / "w.pt"
+    out.write_bytes(b"weights")
+    card = tmp_path / "w.pt.json"
+    card.write_text(json.dumps({"kind": "harden"}))
+    report = tmp_path / "w.pt.audit"
+    add_audit_to_card(out, report)  # no audit yet: the card is left alone
+    assert json.loads(card.read_text()) == {"kind": "harden"}
+    report.mkdir()
+    results = {"clean": {"m": {"ssim": 0.9}}, "attacks": {"m": {"fnaf-rs": {}}}, "other": 1}
+    (report / "results.json").write_text(json.dumps(results))
+    add_audit_to_card(out, report)
+    got = json.loads(card.read_text())
+    assert got["sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert got["before_after_audit"] == {"clean": results["clean"], "attacks": results["attacks"]}
+    assert got["kind"] == "harden"

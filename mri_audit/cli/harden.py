@@ -115,6 +115,16 @@ def _steps_range(value: str) -> tuple[int, int]:
     "model's (0.1: at most 10% higher) [default: no NMSE condition].",
 )
 @click.option(
+    "--interpolate",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="After training, also validate N blends (1-a)*start + a*final of the starting and "
+    "final weights, a = 1/(N+1) ... N/(N+1) (WiSE-FT); they compete with the epochs for the "
+    "kept weights under the same tolerances. 9 tries a = 0.1, 0.2, ..., 0.9.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False),
     required=True,
@@ -138,7 +148,9 @@ def harden(**opts) -> None:
 
     Each step finds FNAFs against the current weights, then minimises the clean loss plus
     --lambda times the loss on the FNAF-augmented inputs. A checkpoint (<out>.ckpt) is written
-    every epoch; --resume continues from it.
+    every epoch; --resume continues from it. The kept weights have the lowest validation
+    fnaf-rs attack rate among epochs (and --interpolate blends) within --ssim-tolerance and
+    --nmse-tolerance of the starting model.
     """
     from mri_audit.cli.harden_impl import execute
 

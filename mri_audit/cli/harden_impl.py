@@ -96,6 +96,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         amp=opts["amp"],
         ssim_tolerance=opts["ssim_tolerance"],
         nmse_tolerance=opts.get("nmse_tolerance"),
+        interpolate=opts.get("interpolate") or 0,
     )
     out = Path(opts["out"])
     attack_classes = {n: load_attack(n) for n in ("fnaf-rs", "fnaf-pgd")}
@@ -139,7 +140,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
 
     def report_epoch(entry: dict) -> None:
         if env.is_main:
-            label = "start" if entry["epoch"] == 0 else f"epoch {entry['epoch']}"
+            label = _label(entry)
             click.echo(
                 f"{label:<11} SSIM {entry['ssim']:.4f}  NMSE {entry['nmse']:.5f}  "
                 f"fnaf-rs attack rate {entry['attack_rate']:.1%}",
@@ -158,15 +159,18 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         f"start       SSIM {start['ssim']:.4f}  NMSE {start['nmse']:.5f}  "
         f"fnaf-rs attack rate {start['attack_rate']:.1%}"
     )
-    for h in summary["history"]:
+    for h in summary["history"] + summary["blends"]:
+        loss = f"  train loss {h['train_loss']:.4f}" if "train_loss" in h else ""
         click.echo(
-            f"epoch {h['epoch']:<5} SSIM {h['ssim']:.4f}  NMSE {h['nmse']:.5f}  "
-            f"fnaf-rs attack rate {h['attack_rate']:.1%}  train loss {h['train_loss']:.4f}"
+            f"{_label(h):<11} SSIM {h['ssim']:.4f}  NMSE {h['nmse']:.5f}  "
+            f"fnaf-rs attack rate {h['attack_rate']:.1%}{loss}"
         )
     note = (
-        " (no epoch kept SSIM within tolerance: last epoch written)" if best.get("fallback") else ""
+        " (nothing kept SSIM and NMSE within tolerance: last epoch written)"
+        if best.get("fallback")
+        else ""
     )
-    click.echo(f"kept epoch {best['epoch']} -> {out}{note} ({elapsed:.0f} s)")
+    click.echo(f"kept {_describe(best)} -> {out}{note} ({elapsed:.0f} s)")
     card = {
         "kind": "harden",
         "command": shlex.join(str(a) for a in command_line),
@@ -182,7 +186,40 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
     if opts["no_report"]:
         return 0
     click.echo(f"before/after audit on the validation data -> {_report_out(opts)}/")
-    return _audit(opts, original, val, config, accels, opened.loaded.name, command_line)
+    code = _audit(opts, original, val, config, accels, opened.loaded.name, command_line)
+    add_audit_to_card(out, _report_out(opts))
+    return code
+
+
+def add_audit_to_card(out: Path, report_out: Path) -> None:
+    """Add the weights' sha256 and the before/after audit's figures to ``<out>.json``."""
+    from mri_audit.plugins import sha256_file
+    from mri_audit.results import write_json
+
+    card_path = out.with_suffix(out.suffix + ".json")
+    results_path = Path(report_out) / "results.json"
+    if not (card_path.exists() and results_path.exists()):
+        return
+    card = json.loads(card_path.read_text())
+    results = json.loads(results_path.read_text())
+    card["sha256"] = sha256_file(out)
+    card["before_after_audit"] = {"clean": results["clean"], "attacks": results["attacks"]}
+    write_json(card_path, card)
+
+
+def _label(entry: dict) -> str:
+    """``start``, ``epoch 3`` or ``blend 0.60`` (a WiSE-FT blend of start and final weights)."""
+    if "alpha" in entry:
+        return f"blend {entry['alpha']:.2f}"
+    return "start" if entry["epoch"] == 0 else f"epoch {entry['epoch']}"
+
+
+def _describe(best: dict) -> str:
+    """The kept weights in words."""
+    if "alpha" in best:
+        a = best["alpha"]
+        return f"the blend {1 - a:.2f}*start + {a:.2f}*epoch {best['epoch']}"
+    return f"epoch {best['epoch']}"
 
 
 def _report_out(opts) -> Path:
