@@ -252,7 +252,7 @@ def _audit(opts, original, val, config, accels, name, command_line) -> int:
         "window": config.window,
         "insert": "phase",
         "compare": [(opts["model_spec"], original)],
-        "batch_size": config.candidate_batch,
+        "batch_size": None,  # auto
         "seed": opts["seed"],
         "device": opts["device"],
         "out": report_out,

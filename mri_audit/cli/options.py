@@ -18,6 +18,26 @@ def _compose(*decorators: Callable) -> Callable:
     return apply
 
 
+class BatchSizeType(click.ParamType):
+    """``auto`` (returned as None) or a positive integer."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value is None:
+            return None
+        text = str(value).strip().lower()
+        if text == "auto":
+            return None
+        try:
+            n = int(text) if not isinstance(value, (bool, float)) else 0
+        except ValueError:
+            n = 0
+        if n < 1:
+            self.fail(f"must be 'auto' or a positive integer, got {value!r}", param, ctx)
+        return n
+
+
 device_option = click.option(
     "--device",
     default="auto",

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from mri_audit.cli.options import (
+    BatchSizeType,
     check_acceleration,
     data_options,
     device_option,
@@ -152,10 +153,13 @@ def _parse_attack_params(values, attacks) -> dict[str, dict]:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
-    default=16,
+    type=BatchSizeType(),
+    default="auto",
+    metavar="auto|N",
     show_default=True,
-    help="Candidates per model batch.",
+    help="Candidates per model batch. auto: on a GPU, sized to half the free memory "
+    "(measured on the first slice); on a CPU, 4 candidates at 160x160 and 1 at 320x320 (larger "
+    "batches fall out of cache). A resumed audit keeps its size. Results do not depend on it.",
 )
 @click.option(
     "--precision",

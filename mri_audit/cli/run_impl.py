@@ -116,6 +116,18 @@ def _check_attacks(attack_classes: dict, config, estimator) -> None:
             raise UsageError(f"{name}: {err}") from None
 
 
+def _stored_batch_size(out: Path) -> int | None:
+    """The batch size of the audit being resumed (so ``auto`` does not change it)."""
+    from mri_audit.journal import Journal
+
+    path = out / "records.jsonl"
+    if not path.exists():
+        return None
+    header = next((r for r in Journal(path).read() if r.get("kind") == "header"), None)
+    size = (header or {}).get("config", {}).get("batch_size")
+    return size if isinstance(size, int) and size >= 1 else None
+
+
 def _read_all(out: Path) -> list[dict]:
     """The main journal plus any per-rank journals a distributed run left behind."""
     from mri_audit.journal import Journal
@@ -174,6 +186,24 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
         for o in opened:
             if o.loaded.kind != "torchscript":
                 o.estimator._model = torch.compile(o.estimator.model, dynamic=True)
+    batch_size = opts["batch_size"]
+    if batch_size is None:
+        batch_size = _stored_batch_size(out) if opts["resume"] else None
+    if batch_size is None:
+        from mri_audit.autobatch import choose_batch_size
+
+        batch_size = broadcast(
+            env,
+            choose_batch_size(
+                [o.estimator for o in opened],
+                probe,
+                mask_func,
+                gradient=need_grad,
+                candidates=opts["candidates"],
+            )
+            if env.is_main
+            else None,
+        )
     config = AuditConfig(
         accel=opts["accel"],
         center_fraction=opts["center_fraction"],
@@ -186,7 +216,7 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
         window=opts["window"],
         insert=opts["insert"],
         seed=opts["seed"],
-        batch_size=opts["batch_size"],
+        batch_size=batch_size,
         attack_options=opts["attack_options"],
         precision=opts.get("precision", "fp32"),
     )
