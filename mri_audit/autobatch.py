@@ -82,9 +82,17 @@ def _peak_bytes(device: torch.device, run) -> int:
 
 
 def _measure(
-    estimator: Reconstructor, probe: SliceBatch, mask_func: MaskFunc, *, gradient: bool
+    estimator: Reconstructor,
+    probe: SliceBatch,
+    mask_func: MaskFunc,
+    *,
+    gradient: bool,
+    peak=_peak_bytes,
 ) -> tuple[float, float]:
-    """Bytes per extra candidate (inference) and per extra slice (gradient pass) on CUDA."""
+    """Bytes per extra candidate (inference) and per extra slice (gradient pass) on CUDA.
+
+    ``peak(device, run)`` runs ``run`` and returns the peak memory it allocated.
+    """
     device = estimator.device
     batch = probe.to(device)
     ctx = prepare_context(
@@ -105,7 +113,7 @@ def _measure(
         with estimator.evaluation():
             engine.evaluate(ctx, features(n))
 
-    peaks = [_peak_bytes(device, lambda n=n: infer(n)) for n in sizes]
+    peaks = [peak(device, lambda n=n: infer(n)) for n in sizes]
     per_candidate = max(0.0, (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]))
     per_slice = 0.0
     if gradient:
@@ -118,7 +126,7 @@ def _measure(
                 loss, _ = engine.loss_with_grad(ctx, f)
                 torch.autograd.grad(loss.sum(), [f.values])
 
-        peaks = [_peak_bytes(device, lambda n=n: grad(n)) for n in sizes]
+        peaks = [peak(device, lambda n=n: grad(n)) for n in sizes]
         per_slice = max(0.0, (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]))
     return per_candidate, per_slice
 

@@ -52,6 +52,28 @@ def test_cpu_batch_by_image_size(singlecoil_dir):
     assert size == cpu_batch(*probe.kspace.shape[-2:])
 
 
+def test_measurement_runs_the_engine_at_two_sizes(singlecoil_dir):
+    """The GPU measurement's work, on the CPU, with a fake peak-memory reader."""
+    from mri_audit.autobatch import _measure
+
+    ds = SliceDataset(singlecoil_dir, max_slices=1)
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    est = Reconstructor(model, target_shape=tuple(ds[0].target.shape))
+    seen = []
+
+    def fake_peak(device, run):
+        run()
+        seen.append(len(seen))
+        return [1000, 4000, 10_000, 40_000][len(seen) - 1]  # inference 1, 4; gradient 1, 4
+
+    per_candidate, per_slice = _measure(
+        est, collate([ds[0]]), make_mask_func("random", 4), gradient=True, peak=fake_peak
+    )
+    assert len(seen) == 4
+    assert per_candidate == pytest.approx(1000) and per_slice == pytest.approx(10_000)
+    assert all(p.requires_grad for p in model.parameters())  # restored after the probe
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_batch_fits_in_free_memory(singlecoil_dir):
     ds = SliceDataset(singlecoil_dir, max_slices=1)
