@@ -97,6 +97,9 @@ def test_ctrl_c_saves_work_and_says_how_to_resume(flaky, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job inherits SIGINT ignored, and then Python never raises
+        # KeyboardInterrupt: give the child the default disposition, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while _lines(out / "records.jsonl") < 3 and time.time() < deadline:
