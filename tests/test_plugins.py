@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import sys
 import textwrap
 from pathlib import Path
@@ -437,9 +438,17 @@ def test_error_weights_missing(net_file: Path) -> None:
 
 
 def test_error_weights_corrupt(tmp_path: Path, net_file: Path) -> None:
-    random_bytes = tmp_path / "random.pt"
-    random_bytes.write_bytes(os.urandom(2000))
-    assert "is corrupt or not a PyTorch file" in model_error(load_state_dict, random_bytes)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(bytes(range(255, -1, -1)) * 8)  # 0xff: not a pickle opcode
+    assert "is corrupt or not a PyTorch file" in model_error(load_state_dict, garbage)
+    # Random bytes fail in the unpickler or just after it, by their first bytes: every way is
+    # one clear line that calls the file corrupt.
+    rng = random.Random(0)
+    for i in range(20):
+        random_bytes = tmp_path / f"random{i}.pt"
+        random_bytes.write_bytes(bytes(rng.randrange(256) for _ in range(2000)))
+        msg = model_error(load_state_dict, random_bytes)
+        assert "corrupt" in msg and "\n" not in msg, msg
     good = tmp_path / "good.pt"
     torch.save(load_model(f"{net_file}:Net").module.state_dict(), good)
     truncated = tmp_path / "truncated.pt"
