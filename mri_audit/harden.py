@@ -245,9 +245,9 @@ class Trainer:
                     kspace * ctx.mask[si], ctx.mask[si], num_low_frequencies=ctx.num_low_frequencies
                 ).float()
                 region = fnaf_region(support)
-                pix = pixel_loss(cfg.loss, recon, target, ctx.t_std[si])
-                if cfg.loss.startswith("ssim"):
-                    pix = pixel_loss("l1", recon, target, ctx.t_std[si])
+                # The region term is per pixel: L1 for the SSIM losses, which have no pixel form.
+                kind = "l1" if cfg.loss.startswith("ssim") else cfg.loss
+                pix = pixel_loss(kind, recon, target, ctx.t_std[si])
                 on_region = (pix * region).sum((-2, -1)) / region.sum((-2, -1)).clamp_min(1)
                 whole = image_loss(cfg.loss, recon, target, ctx.t_std[si], ctx.data_range[si])
                 loss_feat = on_region.mean() + whole
