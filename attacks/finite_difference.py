@@ -1,4 +1,4 @@
-"""``fnaf-fd``: finite-difference ascent on the feature's location."""
+"""``fnaf-fd``: the FNAF paper's finite-difference attack on the feature's location."""
 
 from __future__ import annotations
 
@@ -6,29 +6,34 @@ import numbers
 
 import torch
 
-from attacks.random_search import candidate_grid
 from mri_audit.attack import FnafAttack
 from mri_audit.engine import FnafEngine, Scores
 from mri_audit.features import FeatureBatch, SliceContext, random_walks
 
 
 class FiniteDifference(FnafAttack):
-    """Move a fixed feature (shape and intensities per restart) toward higher loss.
+    """Move the feature's location along a finite-difference estimate of the score's gradient.
 
-    Each iteration probes ``±h`` pixels along rows and columns (central differences), then steps
-    ``step`` pixels toward higher loss on each axis, clipped so the feature stays in the window.
-    Every evaluated position counts against the same budget as ``fnaf-rs`` (``candidates``).
+    Each of the ``candidates`` evaluations per slice draws a fresh random-walk feature (its own
+    shape and intensities, keyed by (seed, volume, slice, candidate)) and places it with its
+    first pixel at a location: evaluation 0 at the walk's own random start; then, in a repeating
+    cycle of three, a probe ``h`` pixels along the rows, a probe ``h`` pixels along the columns
+    (each a forward difference of the criterion's score against the current location; towards
+    the window's inside at its edge), and a move of ``step`` pixels along the sign of the
+    estimated gradient on each axis. Every evaluation is a candidate for the final selection, so
+    the budget equals ``fnaf-rs``'s and is spent whole: with ``restarts`` independent chains per
+    slice, the budget is split between them as evenly as possible.
 
     Args:
-        restarts: independent starting features per slice.
-        h: probe distance in pixels.
-        step: pixels moved per iteration along each axis.
+        restarts: independent chains per slice (1 to ``candidates``).
+        h: probe distance in pixels (default 5, as the reference code).
+        step: pixels moved per step along each axis (default 5).
     """
 
     name = "fnaf-fd"
     attack_params = FnafAttack.attack_params + ["restarts", "h", "step"]
 
-    def __init__(self, estimator, *, restarts: int = 1, h: int = 2, step: int = 3, **kwargs):
+    def __init__(self, estimator, *, restarts: int = 1, h: int = 5, step: int = 5, **kwargs):
         self.restarts, self.h, self.step = restarts, h, step
         super().__init__(estimator, **kwargs)
 
@@ -41,48 +46,80 @@ class FiniteDifference(FnafAttack):
         if self.candidates < self.restarts:
             raise ValueError("the budget (candidates) must cover one evaluation per restart")
 
-    def _shift_range(self, ctx: SliceContext, f: FeatureBatch):
+    def budgets(self) -> list[int]:
+        """Evaluations of each chain: ``candidates`` split as evenly as possible."""
+        k, r = self.candidates, self.restarts
+        return [k // r + (j < k % r) for j in range(r)]
+
+    @staticmethod
+    def _place(ctx: SliceContext, f: FeatureBatch, row: torch.Tensor, col: torch.Tensor):
+        """``f`` moved so its first pixel is at ``(row, col)``, kept whole inside the window."""
         win = ctx.window
         big = torch.iinfo(torch.int64).max
-        rows_lo = torch.where(f.valid, f.rows, big).amin(1)
-        cols_lo = torch.where(f.valid, f.cols, big).amin(1)
-        rows_hi = torch.where(f.valid, f.rows, -1).amax(1)
-        cols_hi = torch.where(f.valid, f.cols, -1).amax(1)
-        return (
-            (win.top - rows_lo, win.top + win.height - 1 - rows_hi),
-            (win.left - cols_lo, win.left + win.width - 1 - cols_hi),
-        )
+        lo_r = win.top - torch.where(f.valid, f.rows, big).amin(1)
+        hi_r = win.top + win.height - 1 - torch.where(f.valid, f.rows, -1).amax(1)
+        lo_c = win.left - torch.where(f.valid, f.cols, big).amin(1)
+        hi_c = win.left + win.width - 1 - torch.where(f.valid, f.cols, -1).amax(1)
+        dr = torch.minimum(torch.maximum(row - f.rows[:, 0], lo_r), hi_r)
+        dc = torch.minimum(torch.maximum(col - f.cols[:, 0], lo_c), hi_c)
+        return f.shifted(dr, dc)
 
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
-        slice_index, candidate = candidate_grid(ctx, self.restarts)
-        base = random_walks(ctx, slice_index, candidate, steps=self.walk_steps, seed=self.seed)
-        (r_lo, r_hi), (c_lo, c_hi) = self._shift_range(ctx, base)
-        zero = torch.zeros_like(slice_index)
-        dr, dc = zero.clone(), zero.clone()
-        current = engine.evaluate(ctx, base)
-        all_features, all_scores = [base], [current]
-        budget = self.candidates // self.restarts - 1
-        n = base.count
-        while budget >= 5:
-            h = self.h
-            probes_r = torch.cat([(dr + h).clamp(r_lo, r_hi), (dr - h).clamp(r_lo, r_hi), dr, dr])
-            probes_c = torch.cat([dc, dc, (dc + h).clamp(c_lo, c_hi), (dc - h).clamp(c_lo, c_hi)])
-            reps = base.take(torch.arange(n, device=dr.device).repeat(4))
-            probe_features = reps.shifted(probes_r, probes_c)
-            probe = engine.evaluate(ctx, probe_features)
-            here = current.loss.nan_to_num(-1.0)
-            up, down, right, left = probe.loss.nan_to_num(-1.0).view(4, n).unbind(0)
-            grad_r = (up - down) / (probes_r[:n] - probes_r[n : 2 * n]).clamp_min(1)
-            grad_c = (right - left) / (probes_c[2 * n : 3 * n] - probes_c[3 * n :]).clamp_min(1)
-            # Where both probes were rejected, stay; otherwise step toward the higher loss.
-            grad_r = torch.where((up < 0) & (down < 0), torch.zeros_like(here), grad_r)
-            grad_c = torch.where((right < 0) & (left < 0), torch.zeros_like(here), grad_c)
-            dr = (dr + self.step * torch.sign(grad_r).long()).clamp(r_lo, r_hi)
-            dc = (dc + self.step * torch.sign(grad_c).long()).clamp(c_lo, c_hi)
-            moved = base.shifted(dr, dc)
-            current = engine.evaluate(ctx, moved)
-            all_features += [probe_features, moved]
-            all_scores += [probe, current]
-            budget -= 5
-        features = FeatureBatch.cat(all_features)
-        return features, Scores.cat(all_scores)
+        device = ctx.kspace.device
+        budgets = self.budgets()
+        b, r = ctx.num_slices, self.restarts
+        offsets = torch.tensor([sum(budgets[:j]) for j in range(r)], device=device)
+        si = torch.arange(b, device=device).repeat_interleave(r)
+        chain = torch.arange(r, device=device).repeat(b)
+        budget = torch.tensor(budgets, device=device)[chain]
+        first = offsets[chain]
+        win = ctx.window
+        r_max, c_max = win.top + win.height - 1, win.left + win.width - 1
+
+        def draw(index: torch.Tensor, k: int, row=None, col=None) -> FeatureBatch:
+            f = random_walks(
+                ctx, si[index], first[index] + k, steps=self.walk_steps, seed=self.seed
+            )
+            return f if row is None else self._place(ctx, f, row, col)
+
+        def key(scores: Scores) -> torch.Tensor:
+            # Inadmissible candidates rank lowest without poisoning differences with infinities.
+            return self.rule.key(scores).nan_to_num(neginf=-1e30).double()
+
+        everyone = torch.arange(si.numel(), device=device)
+        start = draw(everyone, 0)
+        scores = engine.evaluate(ctx, start)
+        pos_r, pos_c = start.rows[:, 0].clone(), start.cols[:, 0].clone()
+        here = key(scores)
+        probe_r, probe_c = here.clone(), here.clone()
+        grad_r = torch.zeros_like(pos_r)
+        grad_c = torch.zeros_like(pos_c)
+        all_features, all_scores = [start], [scores]
+        for k in range(1, max(budgets)):
+            idx = (budget > k).nonzero().squeeze(1)
+            phase = (k - 1) % 3
+            hr = torch.where(pos_r + self.h <= r_max, self.h, -self.h)
+            hc = torch.where(pos_c + self.h <= c_max, self.h, -self.h)
+            if phase == 0:
+                row, col = pos_r + hr, pos_c
+            elif phase == 1:
+                row, col = pos_r, pos_c + hc
+            else:
+                row = (pos_r + self.step * grad_r).clamp(win.top, r_max)
+                col = (pos_c + self.step * grad_c).clamp(win.left, c_max)
+            f = draw(idx, k, row[idx], col[idx])
+            s = engine.evaluate(ctx, f)
+            value = key(s)
+            if phase == 0:
+                probe_r[idx] = value
+            elif phase == 1:
+                probe_c[idx] = value
+                # Sign of the forward difference, oriented by the probe's direction.
+                grad_r[idx] = (torch.sign(probe_r[idx] - here[idx]) * torch.sign(hr[idx])).long()
+                grad_c[idx] = (torch.sign(value - here[idx]) * torch.sign(hc[idx])).long()
+            else:
+                pos_r[idx], pos_c[idx] = f.rows[:, 0], f.cols[:, 0]
+                here[idx] = value
+            all_features.append(f)
+            all_scores.append(s)
+        return FeatureBatch.cat(all_features), Scores.cat(all_scores)

@@ -1,4 +1,4 @@
-"""``fnaf-pgd``: white-box projected gradient ascent on the feature's intensities."""
+"""``fnaf-pgd``: white-box projected gradient ascent on the criterion's score."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from mri_audit.metrics import ring4
 class FnafPGD(RandomSearch):
     """Refine the best random candidate of each slice by projected gradient ascent.
 
-    Starting from ``fnaf-rs``'s best accepted feature (same seed, same candidates), each step
-    moves the intensities by ``step_size * (max t - min t)`` along the sign of ``∂L/∂d`` and
-    projects them to ``[min t, max t]`` on the support. A step that would break information
-    preservation (``D < ε``) is undone for that slice and its step size halved, so every
-    iterate satisfies the constraint. With ``grow > 0`` the support gains, in each of the first
-    ``grow`` steps, the ring pixel where the loss rises fastest.
+    Starting from ``fnaf-rs``'s best admissible feature (same seed, same candidates), each step
+    moves the intensities by ``step_size * (max t - min t)`` along the sign of the gradient of the
+    criterion's score and projects them to ``[min t, max t]`` on the support. A step that leaves
+    the criterion's admissible set is undone for that slice and its step size halved, so every
+    iterate kept is admissible; the best iterate is kept, so the result is never below
+    ``fnaf-rs``. With ``grow > 0`` the support gains, in each of the first ``grow`` steps, the
+    ring pixel where the score rises fastest.
 
     Args:
         steps: gradient steps.
@@ -51,11 +52,11 @@ class FnafPGD(RandomSearch):
         features, scores = super()._search(ctx, engine)
         if self.steps == 0:
             return features, scores
-        start = self._finish(ctx, features, scores)
+        start = self.select(ctx, features, scores)
         found = start.found.nonzero().squeeze(1)
         if found.numel() == 0:
             return features, scores
-        refined = self._ascend(ctx, engine, start.features.take(found))
+        refined = self._ascend(ctx, engine, features.take(start.index[found]))
         final = engine.evaluate(ctx, refined)
         return (
             FeatureBatch.cat([features, refined]),
@@ -73,6 +74,7 @@ class FnafPGD(RandomSearch):
         )
 
     def _ascend(self, ctx: SliceContext, engine: FnafEngine, f: FeatureBatch) -> FeatureBatch:
+        rule = self.rule
         si = f.slice_index
         lo, hi = ctx.t_min[si, None], ctx.t_max[si, None]
         step = self.step_size * (hi - lo)
@@ -80,14 +82,15 @@ class FnafPGD(RandomSearch):
         f = self._grown(f) if self.grow else f
         h, w = ctx.target_shape
         best = f._replace(values=f.values.detach().clone())
-        best_loss = torch.full((f.count,), -float("inf"), device=lo.device)
+        best_score = torch.full((f.count,), -float("inf"), device=lo.device)
         for it in range(self.steps + 1):
             values = f.values.detach().requires_grad_(True)
             probe = torch.zeros(f.count, h, w, device=lo.device, requires_grad=bool(self.grow))
-            loss, ip = engine.loss_with_grad(ctx, f._replace(values=values), probe=probe)
-            ok = ip >= engine.ip_epsilon
-            better = ok & (loss.detach() > best_loss)
-            best_loss = torch.where(better, loss.detach(), best_loss)
+            q = engine.scores_with_grad(ctx, f._replace(values=values), probe=probe)
+            score = rule.score(q)
+            ok = rule.admissible(q.detach()) & torch.isfinite(score.detach())
+            better = ok & (score.detach() > best_score)
+            best_score = torch.where(better, score.detach(), best_score)
             best = FeatureBatch(
                 *(
                     torch.where(better[:, None], new.detach(), old)
@@ -98,8 +101,10 @@ class FnafPGD(RandomSearch):
             if it == self.steps:
                 break
             inputs = [values, probe] if self.grow else [values]
-            grads = torch.autograd.grad(loss.sum(), inputs)
-            # A rejected iterate goes back to the best accepted point with half the step.
+            total = torch.where(ok, score, torch.zeros_like(score)).sum()
+            grads = torch.autograd.grad(total, inputs, allow_unused=True)
+            grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+            # A rejected iterate goes back to the best admissible point with half the step.
             step = torch.where(ok[:, None], step, step / 2)
             f = FeatureBatch(
                 *(
@@ -118,7 +123,7 @@ class FnafPGD(RandomSearch):
     def _add_pixel(
         self, ctx: SliceContext, f: FeatureBatch, grad: torch.Tensor, slot: int
     ) -> FeatureBatch:
-        """Add the ring pixel (inside the window) where the loss rises fastest."""
+        """Add the ring pixel (inside the window) where the score rises fastest."""
         n, h, w = grad.shape
         support = torch.zeros(n, h * w, dtype=torch.bool, device=grad.device)
         lin = f.rows * w + f.cols

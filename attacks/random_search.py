@@ -22,20 +22,15 @@ def candidate_grid(ctx: SliceContext, count: int, first: int = 0):
 
 
 class RandomSearch(FnafAttack):
-    """Draw ``candidates`` random-walk features per slice and keep the worst accepted one."""
+    """Draw ``candidates`` random-walk features per slice; the criterion's best admissible one is
+    kept (by :meth:`FnafAttack.attack`)."""
 
     name = "fnaf-rs"
 
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
-        # The same search with the same settings on the same slices is done once per engine.
-        key = (
-            "fnaf-rs",
-            self.seed,
-            self.candidates,
-            self.walk_steps,
-            ctx.window,
-            engine.ip_epsilon,
-        )
+        # The same search with the same settings on the same slices is done once per engine
+        # (the candidates and their quantities do not depend on the criterion).
+        key = ("fnaf-rs", self.seed, self.candidates, self.walk_steps, ctx.window)
         memo = engine.memo(ctx)
         if key not in memo:
             slice_index, candidate = candidate_grid(ctx, self.candidates)

@@ -1,9 +1,12 @@
 """The FNAF attack base class: ART's ``EvasionAttack`` with the threat model enforced once.
 
-Subclasses implement only their search (:meth:`FnafAttack._search`); this class validates the
-parameters, runs the search with the model frozen and restored afterwards, keeps only
-IP-accepted features, applies the hit threshold and the control, and provides ART's
-``generate`` contract (numpy in, numpy out; torch tensors pass through on their device).
+Subclasses implement only their search (:meth:`FnafAttack._search`: every candidate evaluated,
+with its engine quantities). :meth:`FnafAttack.attack` is final: it runs the search with the model
+frozen and restored afterwards, keeps only candidates the criterion admits (its IP rule), selects
+the best one per slice by the criterion's score, applies the hit rule and the control, and also
+records what every other criterion would have selected among the same candidates (so an audit can
+be re-read under another criterion). ``generate`` provides ART's contract (numpy in, numpy out;
+torch tensors pass through on their device).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 from art.attacks.attack import EvasionAttack
 
+from mri_audit.criteria import CRITERIA, DEFAULT_CRITERION, QUANTITIES, Criterion, all_criteria
 from mri_audit.engine import FnafEngine, Scores, select_best
 from mri_audit.features import (
     INSERT_MODES,
@@ -30,31 +34,55 @@ from mri_audit.features import (
 from mri_audit.physics import Mask, make_mask_func
 from mri_audit.reconstructor import Reconstructor
 
-__all__ = ["AttackResult", "FnafAttack", "result_records"]
+__all__ = ["AttackResult", "Pick", "FnafAttack", "result_records", "QUANTITIES"]
 
 logger = logging.getLogger(__name__)
 
 
+class Pick(NamedTuple):
+    """One criterion's best admissible candidate of each slice.
+
+    Shape:
+        index: ``(B,)`` position in the evaluated candidates; found: ``(B,)`` bool; score:
+        ``(B,)``; scores: the candidate's quantities (NaN where not found); accepted: ``(B,)``
+        admissible candidates; row, col: ``(B,)`` centroid of the feature (NaN where not found).
+    """
+
+    index: torch.Tensor
+    found: torch.Tensor
+    score: torch.Tensor
+    scores: Scores
+    accepted: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+
+
 class AttackResult(NamedTuple):
-    """The best IP-accepted feature of each slice and its scores.
+    """The best admissible feature of each slice under the attack's criterion, and its scores.
 
     Shape:
         features: a :class:`FeatureBatch` of ``B`` (meaningless where ``found`` is False);
-        every other tensor ``(B,)``; ``extra`` maps names to ``(B,)`` tensors.
+        found, hit, score, control, control_hit, evaluated, accepted: ``(B,)``;
+        scores: :class:`Scores` of the selected candidates; picks: every criterion's
+        :class:`Pick` among the same candidates.
     """
 
+    criterion: str
     features: FeatureBatch
     found: torch.Tensor
-    loss: torch.Tensor
-    region_nmse: torch.Tensor
-    ip: torch.Tensor
-    rho: torch.Tensor
-    control: torch.Tensor
     hit: torch.Tensor
+    score: torch.Tensor
+    scores: Scores
+    control: torch.Tensor
     control_hit: torch.Tensor
     evaluated: torch.Tensor
     accepted: torch.Tensor
-    extra: dict[str, torch.Tensor]
+    picks: dict[str, Pick]
+
+    def __getattr__(self, name):  # r, r0, e, loss, ... of the selected candidate
+        if name in Scores._fields:
+            return getattr(self.scores, name)
+        raise AttributeError(name)
 
 
 class FnafAttack(EvasionAttack):
@@ -65,8 +93,12 @@ class FnafAttack(EvasionAttack):
         candidates: evaluation budget per slice (default 11).
         feature_steps: random-walk length, or an inclusive ``(low, high)`` range.
         window: centred window fraction (default 0.375) or ``(top, left, height, width)``.
-        threshold: ``τ``; a slice is a hit when the best accepted ``L >= τ`` (default 1e-3).
-        ip_epsilon: ``ε``; a candidate is accepted when its IP distance ``D >= ε`` (1e-4).
+        criterion: ``erasure`` (default), ``recovery`` or ``paper`` (the score attacks
+            maximise and the hit rule).
+        margin: ``δ`` of ``erasure`` (default 0.1).
+        min_recovery: ``r_min`` of ``recovery`` (default 0.5).
+        threshold: ``τ`` of ``paper`` (default 1e-3).
+        ip_epsilon: ``ε`` of ``paper`` (default 1e-4).
         seed: audit seed; candidate randomness is keyed by (seed, volume, slice, candidate).
         batch_size: candidates per model batch.
         verbose: log progress.
@@ -79,6 +111,9 @@ class FnafAttack(EvasionAttack):
         "candidates",
         "feature_steps",
         "window",
+        "criterion",
+        "margin",
+        "min_recovery",
         "threshold",
         "ip_epsilon",
         "seed",
@@ -87,6 +122,13 @@ class FnafAttack(EvasionAttack):
     ]
     _estimator_requirements = (Reconstructor,)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "attack" in cls.__dict__:
+            raise TypeError(
+                f"{cls.__name__} overrides FnafAttack.attack, which is final: implement _search"
+            )
+
     def __init__(
         self,
         estimator: Reconstructor,
@@ -94,6 +136,9 @@ class FnafAttack(EvasionAttack):
         candidates: int = 11,
         feature_steps: int | tuple[int, int] = 10,
         window: float | Sequence[int] = 0.375,
+        criterion: str = DEFAULT_CRITERION,
+        margin: float = 0.1,
+        min_recovery: float = 0.5,
         threshold: float = 1e-3,
         ip_epsilon: float = 1e-4,
         seed: int = 0,
@@ -104,6 +149,9 @@ class FnafAttack(EvasionAttack):
         self.candidates = candidates
         self.feature_steps = feature_steps
         self.window = window
+        self.criterion = criterion
+        self.margin = margin
+        self.min_recovery = min_recovery
         self.threshold = threshold
         self.ip_epsilon = ip_epsilon
         self.seed = seed
@@ -133,12 +181,32 @@ class FnafAttack(EvasionAttack):
                 raise ValueError(f"window fraction must be in (0, 1], got {self.window}")
         elif len(self.window) != 4:
             raise ValueError("window must be a fraction or (top, left, height, width)")
-        for name in ("threshold", "ip_epsilon"):
+        if self.criterion not in CRITERIA:
+            raise ValueError(
+                f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}"
+            )
+        for name in ("margin", "min_recovery", "threshold", "ip_epsilon"):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        self.criteria  # noqa: B018 -- validates the thresholds
         if not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def criteria(self) -> dict[str, Criterion]:
+        """Every criterion with this attack's thresholds."""
+        return all_criteria(
+            margin=float(self.margin),
+            min_recovery=float(self.min_recovery),
+            threshold=float(self.threshold),
+            ip_epsilon=float(self.ip_epsilon),
+        )
+
+    @property
+    def rule(self) -> Criterion:
+        """The criterion this attack maximises."""
+        return self.criteria[self.criterion]
 
     @property
     def walk_steps(self) -> int | tuple[int, int]:
@@ -148,61 +216,98 @@ class FnafAttack(EvasionAttack):
 
     # ------------------------------------------------------------------ the search
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
-        """Return every candidate evaluated (features and their engine scores)."""
+        """Return every candidate evaluated (features and their engine quantities)."""
         raise NotImplementedError
 
     def engine(self) -> FnafEngine:
-        return FnafEngine(self.estimator, ip_epsilon=self.ip_epsilon, batch_size=self.batch_size)
+        return FnafEngine(self.estimator, batch_size=self.batch_size)
+
+    def select(self, ctx: SliceContext, features: FeatureBatch, scores: Scores):
+        """The best admissible candidate per slice under this attack's criterion."""
+        return select_best(self.rule.key(scores), features.slice_index, ctx.num_slices)
 
     def attack(self, ctx: SliceContext, engine: FnafEngine | None = None) -> AttackResult:
-        """Run the attack on a batch of slices (the fast path; tensors stay on the device)."""
+        """Run the attack on a batch of slices (the fast path; tensors stay on the device).
+
+        Final: subclasses implement :meth:`_search` only.
+        """
         engine = engine or self.engine()
         with self.estimator.evaluation(parameters_require_grad=False):
             features, scores = self._search(ctx, engine)
+            counts = None
             if engine.precision != "fp32":
-                # Reduced precision finds the candidates; the reported scores are fp32.
-                sel = select_best(
-                    scores._replace(accepted=scores.accepted & (scores.ip >= self.ip_epsilon)),
-                    features.slice_index,
-                    ctx.num_slices,
-                )
-                keep = sel.index[sel.found]
+                # Reduced precision finds the candidates; the reported scores are fp32. Each
+                # criterion's pick is rescored (so a re-read under another criterion is too).
+                si = features.slice_index
+                picks = [
+                    select_best(c.key(scores), si, ctx.num_slices) for c in self.criteria.values()
+                ]
+                keep = torch.cat([p.index[p.found] for p in picks]).unique()
+                counts = (picks[0].evaluated, self._control(ctx, si, scores.control))
                 features = features.take(keep)
-                rescored = engine.full_precision().evaluate(ctx, features)
-                result = self._finish(ctx, features, rescored)
-                return result._replace(evaluated=sel.evaluated, accepted=sel.accepted)
-        return self._finish(ctx, features, scores)
+                scores = engine.full_precision().evaluate(ctx, features)
+        return self._finish(ctx, features, scores, counts)
 
-    def _finish(self, ctx: SliceContext, features: FeatureBatch, scores: Scores) -> AttackResult:
-        # The constraint is enforced here, once, whatever the subclass did.
-        scores = scores._replace(accepted=scores.accepted & (scores.ip >= self.ip_epsilon))
-        sel = select_best(scores, features.slice_index, ctx.num_slices)
-        best, s = features.take(sel.index), scores.take(sel.index)
-        nan = torch.full_like(s.loss, float("nan"))
-        found = sel.found
+    @staticmethod
+    def _control(ctx: SliceContext, slice_index: torch.Tensor, control: torch.Tensor):
+        """The control: per slice, the highest no-feature ``L`` over the candidates' regions."""
+        best = torch.full((ctx.num_slices,), -float("inf"), device=control.device)
+        best = best.scatter_reduce(0, slice_index, control.float(), reduce="amax")
+        return torch.where(torch.isfinite(best), best, torch.full_like(best, float("nan")))
 
-        def keep(t):
-            return torch.where(found, t, nan)
-
-        loss, control = keep(s.loss), keep(s.control)
+    def _finish(self, ctx: SliceContext, features: FeatureBatch, scores: Scores, counts=None):
+        # The constraint and the selection are enforced here, once, whatever the subclass did.
+        si = features.slice_index
+        picks = {
+            name: self._pick(ctx, features, scores, crit) for name, crit in self.criteria.items()
+        }
+        main = picks[self.criterion]
+        if counts is None:
+            evaluated = torch.zeros(ctx.num_slices, dtype=torch.int64, device=si.device)
+            evaluated = evaluated.index_add(0, si, torch.ones_like(si))
+            control = self._control(ctx, si, scores.control)
+        else:
+            evaluated, control = counts
+        paper = self.criteria["paper"]
         return AttackResult(
-            features=best,
-            found=found,
-            loss=loss,
-            region_nmse=keep(s.region_nmse),
-            ip=keep(s.ip),
-            rho=keep(s.rho),
+            criterion=self.criterion,
+            features=features.take(main.index),
+            found=main.found,
+            hit=main.found & self.rule.hit(main.scores),
+            score=main.score,
+            scores=main.scores,
             control=control,
-            hit=found & (loss >= self.threshold),
-            control_hit=found & (control >= self.threshold),
-            evaluated=sel.evaluated,
+            control_hit=paper.control_hit(control),
+            evaluated=evaluated,
+            accepted=main.accepted,
+            picks=picks,
+        )
+
+    @staticmethod
+    def _pick(ctx, features: FeatureBatch, scores: Scores, crit: Criterion) -> Pick:
+        key = crit.key(scores)
+        sel = select_best(key, features.slice_index, ctx.num_slices)
+        nan = torch.tensor(float("nan"), device=key.device)
+        found = sel.found
+        taken = scores.take(sel.index)
+        chosen = Scores(*(torch.where(found, t.float(), nan) for t in taken))
+        f = features.take(sel.index)
+        n = f.valid.sum(1).clamp_min(1)
+        row = (f.rows * f.valid).sum(1) / n
+        col = (f.cols * f.valid).sum(1) / n
+        return Pick(
+            index=sel.index,
+            found=found,
+            score=torch.where(found, key[sel.index].float(), nan),
+            scores=chosen,
             accepted=sel.accepted,
-            extra={},
+            row=torch.where(found, row.float(), nan),
+            col=torch.where(found, col.float(), nan),
         )
 
     # ------------------------------------------------------------------ ART contract
     def generate(self, x, y=None, *, mask=None, volumes=None, slices=None, **kwargs):
-        """ART entry point: insert the worst IP-accepted feature into each slice.
+        """ART entry point: insert the worst admissible feature into each slice.
 
         Args:
             x: fully-sampled k-space as a real view (numpy or torch).
@@ -267,34 +372,59 @@ class FnafAttack(EvasionAttack):
         return seeded
 
 
+def _pick_fields(pick: Pick) -> dict[str, list]:
+    """A pick's per-slice values as host lists (one transfer per tensor)."""
+    out = {"found": pick.found.tolist(), "score": pick.score.tolist()}
+    out |= {q: getattr(pick.scores, q).tolist() for q in QUANTITIES}
+    out |= {"accepted": pick.accepted.tolist(), "row": pick.row.tolist(), "col": pick.col.tolist()}
+    return out
+
+
+def _plain(v):
+    """NaN as None (JSON has no NaN); rounded centroids."""
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
 def result_records(ctx: SliceContext, result: AttackResult) -> list[dict]:
-    """Plain per-slice records of an attack result (one host transfer for the whole batch)."""
-    fields = (
-        "found",
-        "loss",
-        "region_nmse",
-        "ip",
-        "rho",
-        "control",
-        "hit",
-        "control_hit",
-        "evaluated",
-        "accepted",
-    )
-    host = {name: getattr(result, name).tolist() for name in fields}
-    extra = {name: t.tolist() for name, t in result.extra.items()}
+    """Plain per-slice records of an attack result (one host transfer per field).
+
+    Each record holds the selected candidate's quantities under the attack's criterion at the top
+    level (``hit`` is that criterion's), and under ``criteria`` what each criterion selects
+    among the same candidates (quantities only: hits are re-derived from them).
+    """
+    picks = {name: _pick_fields(p) for name, p in result.picks.items()}
+    main = picks[result.criterion]
+    hit, control = result.hit.tolist(), result.control.tolist()
+    control_hit, evaluated = result.control_hit.tolist(), result.evaluated.tolist()
     encoded = encode_features(result.features)
     records = []
     for i, (volume, slice_idx) in enumerate(zip(ctx.volumes, ctx.slices.tolist(), strict=True)):
-        rec = {"volume": volume, "slice": int(slice_idx)}
-        rec.update({name: host[name][i] for name in fields})
-        rec.update({name: values[i] for name, values in extra.items()})
-        feature = encoded[i] if host["found"][i] else None
-        rec["feature"] = feature
-        if feature:
-            rec["row"] = round(sum(feature["rows"]) / len(feature["rows"]), 2)
-            rec["col"] = round(sum(feature["cols"]) / len(feature["cols"]), 2)
-        else:
-            rec["row"] = rec["col"] = None
+        found = bool(main["found"][i])
+        rec = {"volume": volume, "slice": int(slice_idx), "criterion": result.criterion}
+        rec["found"] = found
+        rec["hit"] = bool(hit[i])
+        rec["score"] = _plain(main["score"][i])
+        rec.update({q: _plain(main[q][i]) for q in QUANTITIES})
+        rec["control"] = _plain(control[i])
+        rec["control_hit"] = bool(control_hit[i])
+        rec["evaluated"] = int(evaluated[i])
+        rec["accepted"] = int(main["accepted"][i])
+        rec["feature"] = encoded[i] if found else None
+        for axis in ("row", "col"):
+            v = _plain(main[axis][i])
+            rec[axis] = None if v is None else round(v, 2)
+        rec["criteria"] = {
+            name: {
+                "found": bool(p["found"][i]),
+                "score": _plain(p["score"][i]),
+                **{q: _plain(p[q][i]) for q in QUANTITIES},
+                "accepted": int(p["accepted"][i]),
+                "row": None if _plain(p["row"][i]) is None else round(p["row"][i], 2),
+                "col": None if _plain(p["col"][i]) is None else round(p["col"][i], 2),
+            }
+            for name, p in picks.items()
+        }
         records.append(rec)
     return records

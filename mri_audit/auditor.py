@@ -17,8 +17,10 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from mri_audit.attack import AttackResult, FnafAttack, result_records
+from mri_audit.attack import FnafAttack, result_records
+from mri_audit.criteria import DEFAULT_CRITERION, QUANTITIES, make_criterion
 from mri_audit.data import SliceBatch, collate
+from mri_audit.degradation import degradation_records
 from mri_audit.engine import FnafEngine
 from mri_audit.errors import MriAuditError
 from mri_audit.features import SliceContext, prepare_context
@@ -44,6 +46,9 @@ class AuditConfig:
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
     candidates: int = 11
     feature_steps: int = 10
+    criterion: str = DEFAULT_CRITERION
+    margin: float = 0.1
+    min_recovery: float = 0.5
     threshold: float = 1e-3
     ip_epsilon: float = 1e-4
     window: float = 0.375
@@ -58,16 +63,34 @@ class AuditConfig:
         d["attacks"] = list(self.attacks)
         return d
 
-    def attack_kwargs(self) -> dict:
+    def thresholds(self) -> dict:
+        """The criteria's thresholds."""
         return {
+            "margin": self.margin,
+            "min_recovery": self.min_recovery,
+            "threshold": self.threshold,
+            "ip_epsilon": self.ip_epsilon,
+        }
+
+    def rule(self):
+        """The audit's criterion with its thresholds."""
+        return make_criterion(self.criterion, **self.thresholds())
+
+    def attack_kwargs(self, cls: type | None = None) -> dict:
+        """The shared settings an attack class takes (all of them when ``cls`` is None)."""
+        kwargs = {
             "candidates": self.candidates,
             "feature_steps": self.feature_steps,
             "window": self.window,
-            "threshold": self.threshold,
-            "ip_epsilon": self.ip_epsilon,
+            "criterion": self.criterion,
+            **self.thresholds(),
             "seed": self.seed,
             "batch_size": self.batch_size,
         }
+        if cls is None:
+            return kwargs
+        known = set(getattr(cls, "attack_params", ()))
+        return {k: v for k, v in kwargs.items() if k in known}
 
 
 class AuditModel(NamedTuple):
@@ -119,7 +142,9 @@ class Auditor:
         self.target_count = 0
         self.attacks = {
             (m.name, a): attack_classes[a](
-                m.estimator, **config.attack_kwargs(), **config.attack_options.get(a, {})
+                m.estimator,
+                **config.attack_kwargs(attack_classes[a]),
+                **config.attack_options.get(a, {}),
             )
             for m in self.models
             for a in config.attacks
@@ -127,7 +152,6 @@ class Auditor:
         self.engines = {
             m.name: FnafEngine(
                 m.estimator,
-                ip_epsilon=config.ip_epsilon,
                 batch_size=config.batch_size,
                 precision=config.precision,
             )
@@ -263,7 +287,7 @@ class Auditor:
             insert_mode=self.config.insert,
             data_range=batch.max_values,
         )
-        results: dict[tuple[str, str], AttackResult] = {}
+        results: dict[tuple[str, str], object] = {}
         clean: dict[str, list[dict]] = {}
         failed: list[dict] = []
         for m in self.models:
@@ -296,7 +320,8 @@ class Auditor:
         out = []
         for (model, attack), result in results.items():
             kind = getattr(self.attacks[(model, attack)], "kind", "fnaf")
-            for i, rec in enumerate(result_records(ctx, result)):
+            to_records = result_records if kind == "fnaf" else degradation_records
+            for i, rec in enumerate(to_records(ctx, result)):
                 rec.update(model=model, attack=attack, kind=kind, **clean[model][i])
                 rec["transfer"] = {
                     target: vals[i] for target, vals in transfer.get((model, attack), {}).items()
@@ -343,10 +368,12 @@ class Auditor:
         ]
 
     def _transfer(self, ctx, results) -> dict[tuple[str, str], dict[str, list]]:
-        """Replay each model's found features on every other model."""
+        """Replay each model's found features on every other model (quantities and the hit
+        under the audit's criterion)."""
         out: dict[tuple[str, str], dict[str, list]] = {}
         if len(self.models) < 2:
             return out
+        rule = self.config.rule()
         for (source, attack), result in results.items():
             if getattr(self.attacks[(source, attack)], "kind", "fnaf") != "fnaf":
                 continue
@@ -358,14 +385,19 @@ class Auditor:
                 values: list = [None] * ctx.num_slices
                 if found.numel():
                     scores = self.engines[m.name].evaluate(ctx, result.features.take(found))
-                    hit = scores.accepted & (scores.loss >= self.config.threshold)
-                    for i, h, loss in zip(
-                        found.tolist(), hit.tolist(), scores.loss.tolist(), strict=True
-                    ):
-                        values[i] = {"hit": bool(h), "loss": loss}
+                    host = {q: getattr(scores, q).tolist() for q in QUANTITIES}
+                    host["score"] = rule.score(scores).tolist()
+                    host["hit"] = rule.hit(scores).tolist()
+                    for j, i in enumerate(found.tolist()):
+                        values[i] = {k: _finite_or_none(v[j]) for k, v in host.items()}
                 per_target[m.name] = values
             out[(source, attack)] = per_target
         return out
+
+
+def _finite_or_none(v):
+    """Plain JSON values: NaN as None, bools kept."""
+    return None if isinstance(v, float) and v != v else v
 
 
 def _take(batch: SliceBatch, index: list[int]) -> SliceBatch:

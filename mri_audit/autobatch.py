@@ -109,7 +109,7 @@ def _measure(
         return random_walks(ctx, idx % 4, idx, steps=(10, 100), seed=0)
 
     def infer(n: int) -> None:
-        engine = FnafEngine(estimator, ip_epsilon=0.0, batch_size=n)
+        engine = FnafEngine(estimator, batch_size=n)
         with estimator.evaluation():
             engine.evaluate(ctx, features(n))
 
@@ -117,14 +117,14 @@ def _measure(
     per_candidate = max(0.0, (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]))
     per_slice = 0.0
     if gradient:
-        engine = FnafEngine(estimator, ip_epsilon=0.0)
+        engine = FnafEngine(estimator)
 
         def grad(n: int) -> None:
             f = features(n)
             f = f._replace(values=f.values.detach().requires_grad_(True))
             with estimator.evaluation():
-                loss, _ = engine.loss_with_grad(ctx, f)
-                torch.autograd.grad(loss.sum(), [f.values])
+                scores = engine.scores_with_grad(ctx, f)
+                torch.autograd.grad(scores.e.nansum(), [f.values])
 
         peaks = [peak(device, lambda n=n: grad(n)) for n in sizes]
         per_slice = max(0.0, (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]))

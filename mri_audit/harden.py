@@ -64,6 +64,9 @@ class HardenConfig:
     amp: bool = False
     ssim_tolerance: float = 0.01
     nmse_tolerance: float | None = None
+    criterion: str = "erasure"
+    margin: float = 0.1
+    min_recovery: float = 0.5
     threshold: float = 1e-3
     ip_epsilon: float = 1e-4
     window: float = 0.375
@@ -207,15 +210,12 @@ class Trainer:
             candidates=cfg.candidates,
             feature_steps=tuple(cfg.feature_steps),
             window=cfg.window,
-            threshold=cfg.threshold,
-            ip_epsilon=cfg.ip_epsilon,
+            **self._criterion_kwargs(),
             seed=_key(cfg.seed, 3, epoch, step) % (2**31),
             batch_size=cfg.candidate_batch,
         )
         was_training = self.model.training
-        result = attack.attack(
-            ctx, FnafEngine(self.est, ip_epsilon=cfg.ip_epsilon, batch_size=cfg.candidate_batch)
-        )
+        result = attack.attack(ctx, FnafEngine(self.est, batch_size=cfg.candidate_batch))
         self.model.train(was_training)
         self.model.train()
         torch.manual_seed(_key(cfg.seed, 4, epoch, step))  # dropout and the like
@@ -262,6 +262,16 @@ class Trainer:
             "hits": float(result.hit.float().mean()),
         }
 
+    def _criterion_kwargs(self) -> dict:
+        cfg = self.config
+        return {
+            "criterion": cfg.criterion,
+            "margin": cfg.margin,
+            "min_recovery": cfg.min_recovery,
+            "threshold": cfg.threshold,
+            "ip_epsilon": cfg.ip_epsilon,
+        }
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
         """Validation on rank 0, shared with every rank."""
@@ -274,8 +284,7 @@ class Trainer:
         attack = self.attack_classes["fnaf-rs"](
             self.est,
             candidates=cfg.val_candidates,
-            threshold=cfg.threshold,
-            ip_epsilon=cfg.ip_epsilon,
+            **self._criterion_kwargs(),
             window=cfg.window,
             seed=cfg.seed,
             batch_size=cfg.candidate_batch,
@@ -293,7 +302,7 @@ class Trainer:
                 window=cfg.window,
                 data_range=batch.max_values,
             )
-            engine = FnafEngine(self.est, ip_epsilon=cfg.ip_epsilon, batch_size=cfg.candidate_batch)
+            engine = FnafEngine(self.est, batch_size=cfg.candidate_batch)
             result = attack.attack(ctx, engine)
             metrics.update(
                 batch.volumes, engine.clean_reconstruction(ctx), ctx.target, batch.max_values

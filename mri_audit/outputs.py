@@ -12,15 +12,32 @@ from mri_audit.journal import to_jsonable
 from mri_audit.panels import render_panels, worst_records
 from mri_audit.results import SCHEMA_VERSION, aggregate, atomic_write, write_csv, write_json
 
-__all__ = ["finish_audit", "build_results"]
+__all__ = ["finish_audit", "build_results", "criterion_of"]
+
+
+def criterion_of(config: dict, name: str | None = None, **overrides):
+    """The criterion an audit's stored ``config`` names (or ``name``), with its thresholds;
+    ``overrides`` replace thresholds (None keeps the stored one)."""
+    from mri_audit.criteria import DEFAULT_CRITERION, make_criterion
+
+    keys = ("margin", "min_recovery", "threshold", "ip_epsilon")
+    thresholds = {k: config[k] for k in keys if config.get(k) is not None}
+    thresholds |= {k: v for k, v in overrides.items() if v is not None}
+    return make_criterion(name or config.get("criterion", DEFAULT_CRITERION), **thresholds)
+
 
 WORST_CASE_FIELDS = (
     "model",
     "attack",
     "volume",
     "slice",
-    "loss",
+    "criterion",
+    "score",
     "hit",
+    "r",
+    "r0",
+    "e",
+    "loss",
     "ip",
     "rho",
     "row",
@@ -86,7 +103,10 @@ def finish_audit(
     config = header["config"]
     primary = header["models"][0]["name"]
     agg = aggregate(
-        records, threshold=config["threshold"], max_attack_rate=max_attack_rate, primary=primary
+        records,
+        criterion=criterion_of(config),
+        max_attack_rate=max_attack_rate,
+        primary=primary,
     )
     cases = worst_records(records, primary)
     arrays = render_panels(auditor, dataset, cases)

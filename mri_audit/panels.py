@@ -18,16 +18,17 @@ logger = logging.getLogger(__name__)
 
 
 def worst_records(records: Sequence[dict], model: str, k: int = 6) -> list[dict]:
-    """The ``k`` records of ``model`` with the highest FNAF loss (hits first), one per slice."""
+    """The ``k`` records of ``model`` with the highest criterion score (hits first), one per
+    slice."""
     fnaf = [
         r
         for r in records
         if r["model"] == model
         and r.get("kind", "fnaf") == "fnaf"
         and r["found"]
-        and r.get("loss") is not None
+        and r.get("score") is not None
     ]
-    fnaf.sort(key=lambda r: (bool(r["hit"]), r["loss"]), reverse=True)
+    fnaf.sort(key=lambda r: (bool(r["hit"]), r["score"]), reverse=True)
     out, seen = [], set()
     for r in fnaf:
         key = (r["volume"], int(r["slice"]))

@@ -16,11 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+from mri_audit.criteria import QUANTITIES, Criterion
+from mri_audit.errors import DataError
 from mri_audit.journal import to_jsonable
 
 __all__ = [
     "SCHEMA_VERSION",
+    "reread",
     "wilson",
     "aggregate",
     "records_frame",
@@ -29,7 +33,7 @@ __all__ = [
     "write_csv",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 FAILURE_KINDS = ("skipped", "error")
 
@@ -96,7 +100,70 @@ def _clean(records: Sequence[dict]) -> dict:
     return out
 
 
-def _attack(rows: Sequence[dict]) -> dict:
+def reread(records: Sequence[dict], criterion: Criterion) -> list[dict]:
+    """The FNAF records as a fresh audit under ``criterion`` would have written them.
+
+    Each record keeps, under ``criteria``, what every criterion selects among the candidates the
+    audit evaluated; this takes ``criterion``'s selection and re-derives the hit (and the control's
+    hit) from its quantities with ``criterion``'s thresholds. Other records pass unchanged.
+    Transfer replays are kept only when the audit ran under the same criterion (the replayed
+    features are that criterion's selections); their hits are re-derived too.
+    """
+    fnaf = [i for i, r in enumerate(records) if r.get("kind", "fnaf") == "fnaf"]
+    out = [dict(r) for r in records]
+    if not fnaf:
+        return out
+    views = []
+    for i in fnaf:
+        r = records[i]
+        pick = (r.get("criteria") or {}).get(criterion.name)
+        if pick is None:
+            raise DataError(
+                f"the record of {r.get('model')} {r.get('attack')} {r.get('volume')} slice "
+                f"{r.get('slice')} holds no {criterion.name!r} selection; re-run the audit"
+            )
+        views.append(pick)
+
+    def column(rows, name):
+        return torch.tensor(
+            [math.nan if v.get(name) is None else float(v[name]) for v in rows], dtype=torch.float64
+        )
+
+    q = {name: column(views, name) for name in QUANTITIES}
+    hits = criterion.hit(q).tolist()
+    control = column([records[i] for i in fnaf], "control")
+    control_hits = criterion.control_hit(control).tolist() if criterion.has_control else None
+    for j, i in enumerate(fnaf):
+        rec, pick = out[i], views[j]
+        same = records[i].get("criterion") == criterion.name
+        rec.update({k: pick.get(k) for k in ("found", "score", *QUANTITIES, "accepted")})
+        rec["hit"] = bool(pick["found"]) and bool(hits[j])
+        rec["control_hit"] = bool(control_hits[j]) if control_hits is not None else False
+        rec["criterion"] = criterion.name
+        if not same:
+            rec["feature"] = None
+            rec["row"], rec["col"] = pick.get("row"), pick.get("col")
+            rec["transfer"] = {}
+        else:
+            rec["transfer"] = _reread_transfer(rec.get("transfer") or {}, criterion)
+    return out
+
+
+def _reread_transfer(transfer: dict, criterion: Criterion) -> dict:
+    out = {}
+    for target, replay in transfer.items():
+        if replay is None or any(q not in replay for q in ("r", "r0", "e", "loss", "ip")):
+            out[target] = replay
+            continue
+        q = {
+            k: torch.tensor([math.nan if replay.get(k) is None else float(replay[k])])
+            for k in ("r", "r0", "e", "loss", "ip")
+        }
+        out[target] = dict(replay, hit=bool(criterion.hit(q)[0]))
+    return out
+
+
+def _attack(rows: Sequence[dict], criterion: Criterion | None = None) -> dict:
     kind = rows[0].get("kind", "fnaf")
     n = len(rows)
     if kind != "fnaf":
@@ -104,21 +171,25 @@ def _attack(rows: Sequence[dict]) -> dict:
         keys.append("perturbation")
         return {"kind": kind, "slices": n, **{k: _summary(r.get(k) for r in rows) for k in keys}}
     found = [r for r in rows if r["found"]]
-    return {
+    has_control = criterion is None or criterion.has_control
+    out = {
         "kind": kind,
+        "criterion": rows[0].get("criterion"),
         "slices": n,
         "found": len(found),
         "attack_rate": wilson(sum(bool(r["hit"]) for r in rows), n),
         "ip_acceptance": wilson(
             sum(r["accepted"] for r in rows), sum(r["evaluated"] for r in rows)
         ),
-        "control_rate": wilson(sum(bool(r["control_hit"]) for r in rows), n),
-        "loss": _summary(r["loss"] for r in found),
-        "control_loss": _summary(r["control"] for r in found),
-        "region_nmse": _summary(r["region_nmse"] for r in found),
-        "ip_distance": _summary(r["ip"] for r in found),
-        "rho": _summary(r["rho"] for r in found),
+        "control_rate": wilson(sum(bool(r["control_hit"]) for r in rows), n)
+        if has_control
+        else None,
+        "score": _summary(r.get("score") for r in found),
+        "control_loss": _summary(r.get("control") for r in rows),
+        "ip_distance": _summary(r.get("ip") for r in found),
     }
+    out.update({q: _summary(r.get(q) for r in found) for q in QUANTITIES if q != "ip"})
+    return out
 
 
 def _transfer(records: Sequence[dict]) -> dict:
@@ -144,24 +215,31 @@ def _transfer(records: Sequence[dict]) -> dict:
 
 
 def aggregate(
-    records: Sequence[dict], *, threshold: float, max_attack_rate: float | None, primary: str | None
+    records: Sequence[dict],
+    *,
+    criterion: Criterion,
+    max_attack_rate: float | None,
+    primary: str | None,
 ) -> dict:
-    """All aggregates of an audit, from its records alone."""
+    """All aggregates of an audit under ``criterion``, from its records alone."""
     failures = [r for r in records if r.get("kind") in FAILURE_KINDS]
-    records = [r for r in records if r.get("kind") not in FAILURE_KINDS]
+    records = reread([r for r in records if r.get("kind") not in FAILURE_KINDS], criterion)
     groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         groups[r["model"]][r["attack"]].append(r)
-    attacks = {m: {a: _attack(rows) for a, rows in by.items()} for m, by in groups.items()}
+    attacks = {
+        m: {a: _attack(rows, criterion) for a, rows in by.items()} for m, by in groups.items()
+    }
     primary = primary or next(iter(groups), None)
     worst = None
     for attack, agg in attacks.get(primary, {}).items():
-        rate = agg.get("attack_rate", {}).get("value")
+        rate = (agg.get("attack_rate") or {}).get("value")
         if rate is not None and (worst is None or rate > worst["attack_rate"]):
             worst = {"model": primary, "attack": attack, "attack_rate": rate}
     verdict = {
         "model": primary,
-        "threshold": threshold,
+        "criterion": criterion.name,
+        **criterion.params(),
         "max_attack_rate": max_attack_rate,
         "worst": worst,
         "passed": None
@@ -204,11 +282,15 @@ def records_frame(records: Sequence[dict]) -> pd.DataFrame:
     """One row per (slice, model, attack); transfer replays become ``transfer_*:<model>``."""
     rows = []
     for r in records:
-        row = {k: v for k, v in r.items() if k not in ("transfer", "feature")}
+        row = {k: v for k, v in r.items() if k not in ("transfer", "feature", "criteria")}
         row["feature"] = json.dumps(r.get("feature")) if r.get("feature") else ""
         for target, replay in (r.get("transfer") or {}).items():
             row[f"transfer_hit:{target}"] = None if replay is None else bool(replay["hit"])
-            row[f"transfer_loss:{target}"] = None if replay is None else replay["loss"]
+            for q in ("score", "r", "r0", "e"):
+                row[f"transfer_{q}:{target}"] = None if replay is None else replay.get(q)
+        for name, pick in (r.get("criteria") or {}).items():
+            for k, v in pick.items():
+                row[f"{name}:{k}"] = v
         rows.append(row)
     frame = pd.DataFrame(rows)
     first = [
@@ -217,11 +299,16 @@ def records_frame(records: Sequence[dict]) -> pd.DataFrame:
         "kind",
         "volume",
         "slice",
+        "criterion",
         "hit",
-        "loss",
-        "region_nmse",
-        "ip",
+        "score",
+        "r",
+        "r0",
+        "e",
         "rho",
+        "loss",
+        "ip",
+        "region_nmse",
         "control",
         "control_hit",
         "found",

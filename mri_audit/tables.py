@@ -19,8 +19,14 @@ def attack_table(results: dict) -> str:
     for model, m in results["clean"].items():
         lines.append(f"{model:<{mw}}{m['ssim']:8.4f}{m['nmse']:10.5f}{m['psnr']:8.2f}")
     lines.append("")
-    head = f"{'model':<{mw}}{'attack':<12}{'attack rate':>22}{'IP accept':>22}{'control':>22}"
-    lines += [head + f"{'mean L':>11}", "-" * (len(head) + 11)]
+    crit = next(
+        (a.get("criterion") for by in results["attacks"].values() for a in by.values()), None
+    )
+    control = crit == "paper"
+    head = f"{'model':<{mw}}{'attack':<12}{'attack rate':>22}{'admissible':>22}"
+    head += f"{'control':>22}" if control else ""
+    tail = f"{'mean r':>9}{'mean r0':>9}{'mean e':>9}" + (f"{'mean L':>11}" if control else "")
+    lines += [head + tail, "-" * (len(head) + len(tail))]
     for model, attacks in results["attacks"].items():
         for attack, a in attacks.items():
             if a.get("kind", "fnaf") != "fnaf":
@@ -30,10 +36,17 @@ def attack_table(results: dict) -> str:
                     f"{s1.get('mean') or 0:.4f} under k-space noise"
                 )
                 continue
-            mean = a["loss"]["mean"]
-            lines.append(
+            line = (
                 f"{model:<{mw}}{attack:<12}{rate(a['attack_rate']):>22}"
-                f"{rate(a['ip_acceptance']):>22}{rate(a['control_rate']):>22}"
-                f"{(f'{mean:.2e}' if mean is not None else 'n/a'):>11}"
+                f"{rate(a['ip_acceptance']):>22}"
             )
+            if control:
+                line += f"{rate(a.get('control_rate')):>22}"
+            for q in ("r", "r0", "e"):
+                mean = (a.get(q) or {}).get("mean")
+                line += f"{(f'{mean:.3f}' if mean is not None else 'n/a'):>9}"
+            if control:
+                mean = (a.get("loss") or {}).get("mean")
+                line += f"{(f'{mean:.2e}' if mean is not None else 'n/a'):>11}"
+            lines.append(line)
     return "\n".join(lines)

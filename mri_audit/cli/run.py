@@ -111,18 +111,46 @@ def _parse_attack_params(values, attacks) -> dict[str, dict]:
     help="Random-walk length of a feature.",
 )
 @click.option(
+    "--criterion",
+    type=click.Choice(["erasure", "recovery", "paper"]),
+    default="erasure",
+    show_default=True,
+    help="What counts as a lost feature. erasure: the model removes at least --margin of the "
+    "feature that the undersampled data carries (e = r0 - r); recovery: the model shows it at "
+    "less than --min-recovery of its contrast while the data carries at least 0.1 (r < r_min, "
+    "r0 >= 0.1); paper: the MIDL 2020 loss L >= --threshold with IP D >= --ip-epsilon, over a "
+    "fixed 320x320 area. Attacks maximise the criterion's score; every record keeps r, r0, e, "
+    "rho, L and D, so `mri-audit report --criterion` can re-read the audit.",
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="δ of --criterion erasure: a hit when the model removes at least this share of the "
+    "feature's contrast that the data carries.",
+)
+@click.option(
+    "--min-recovery",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="r_min of --criterion recovery: a hit when the model shows less than this share of "
+    "the feature's contrast.",
+)
+@click.option(
     "--threshold",
     type=click.FloatRange(min=0),
     default=1e-3,
     show_default=True,
-    help="τ: a slice is a hit when the FNAF loss L >= τ.",
+    help="τ of --criterion paper: a hit when the FNAF loss L (over 320x320) >= τ.",
 )
 @click.option(
     "--ip-epsilon",
     type=click.FloatRange(min=0),
     default=1e-4,
     show_default=True,
-    help="ε: information preservation needs the IP distance D >= ε.",
+    help="ε of --criterion paper: information preservation needs the IP distance D >= ε.",
 )
 @click.option(
     "--window",

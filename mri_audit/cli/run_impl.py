@@ -111,7 +111,7 @@ def _check_attacks(attack_classes: dict, config, estimator) -> None:
                 f"{name} has no parameter {', '.join(unknown)}; see `mri-audit attacks`"
             )
         try:
-            cls(estimator, **config.attack_kwargs(), **params)
+            cls(estimator, **config.attack_kwargs(cls), **params)
         except (TypeError, ValueError) as err:
             raise UsageError(f"{name}: {err}") from None
 
@@ -211,6 +211,9 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
         attacks=opts["attacks"],
         candidates=opts["candidates"],
         feature_steps=opts["feature_steps"],
+        criterion=opts.get("criterion", "erasure"),
+        margin=opts.get("margin", 0.1),
+        min_recovery=opts.get("min_recovery", 0.5),
         threshold=opts["threshold"],
         ip_epsilon=opts["ip_epsilon"],
         window=opts["window"],
