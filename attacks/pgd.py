@@ -103,7 +103,9 @@ class FnafPGD(RandomSearch):
             inputs = [values, probe] if self.grow else [values]
             total = torch.where(ok, score, torch.zeros_like(score)).sum()
             grads = torch.autograd.grad(total, inputs, allow_unused=True)
-            grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+            grads = [
+                torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)
+            ]
             # A rejected iterate goes back to the best admissible point with half the step.
             step = torch.where(ok[:, None], step, step / 2)
             f = FeatureBatch(

@@ -16,7 +16,6 @@ import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from art.attacks.attack import EvasionAttack
 
@@ -29,9 +28,7 @@ from mri_audit.features import (
     encode_features,
     insert,
     paint,
-    prepare_context,
 )
-from mri_audit.physics import Mask, make_mask_func
 from mri_audit.reconstructor import Reconstructor
 
 __all__ = ["AttackResult", "Pick", "FnafAttack", "result_records", "QUANTITIES"]
@@ -323,21 +320,14 @@ class FnafAttack(EvasionAttack):
         Shape:
             x: ``(B, coils, H, W, 2)``.
         """
-        is_numpy = isinstance(x, np.ndarray)
-        xt = torch.as_tensor(x, device=self.estimator.device, dtype=torch.float32)
-        if xt.ndim != 5 or xt.shape[-1] != 2:
-            raise ValueError(f"x must be k-space (B, coils, H, W, 2), got {tuple(xt.shape)}")
-        kspace = torch.view_as_complex(xt.contiguous())
-        b = kspace.shape[0]
-        volumes = list(volumes) if volumes is not None else [f"x{i}" for i in range(b)]
-        slices = list(slices) if slices is not None else [0] * b
-        mask_for = self._mask_source(mask, volumes)
-        ctx = prepare_context(
-            kspace,
-            target_shape=self.estimator.target_shape,
+        from mri_audit.art_input import context_from_x
+
+        ctx, is_numpy = context_from_x(
+            self.estimator,
+            x,
+            mask=mask,
             volumes=volumes,
             slices=slices,
-            mask_for=mask_for,
             window=self.window,
             insert_mode=kwargs.get("insert_mode", INSERT_MODES[0]),
         )
@@ -345,31 +335,9 @@ class FnafAttack(EvasionAttack):
         self.last_result = result
         d, _ = paint(result.features, ctx.target_shape)
         d = d * result.found[:, None, None]
-        adv, _ = insert(ctx, torch.arange(b, device=kspace.device), d)
+        adv, _ = insert(ctx, torch.arange(ctx.num_slices, device=d.device), d)
         out = torch.view_as_real(adv)
         return out.cpu().numpy() if is_numpy else out
-
-    def _mask_source(self, mask, volumes):
-        fixed = mask if mask is not None else self.estimator._fixed_mask
-        if fixed is not None:
-            cols = np.asarray(torch.as_tensor(fixed).cpu(), dtype=bool)
-            if cols.ndim == 1:
-                cols = np.broadcast_to(cols, (len(volumes), cols.shape[0]))
-            by_volume = dict(zip(volumes, cols, strict=True))
-
-            def mask_for(volume: str, num_cols: int) -> Mask:
-                c = by_volume[volume]
-                if c.shape[0] != num_cols:
-                    raise ValueError(f"mask has {c.shape[0]} columns, k-space has {num_cols}")
-                return Mask(c.copy(), 0)
-
-            return mask_for
-        func = make_mask_func("random", 4)
-
-        def seeded(volume: str, num_cols: int) -> Mask:
-            return func(num_cols, seed=tuple(map(ord, volume)))
-
-        return seeded
 
 
 def _pick_fields(pick: Pick) -> dict[str, list]:

@@ -80,9 +80,11 @@ class DegradationAttack(EvasionAttack):
 
     def attack(self, ctx: SliceContext, engine=None) -> DegradationResult:
         """Perturb each slice and measure the reconstruction's change (final)."""
+        return self._measure(ctx, self._perturb(ctx))
+
+    def _measure(self, ctx: SliceContext, adv: torch.Tensor) -> DegradationResult:
         est = self.estimator
         masked = ctx.kspace * ctx.mask
-        adv = self._perturb(ctx)
         with est.evaluation(), torch.inference_mode():
             nlf = ctx.num_low_frequencies
             clean = est.reconstruct(masked, ctx.mask, num_low_frequencies=nlf)
@@ -97,6 +99,29 @@ class DegradationAttack(EvasionAttack):
             values[f"nmse_{tag}"] = err.sum(1) / ctx.target.square().flatten(1).sum(1)
             values[f"psnr_{tag}"] = 10 * torch.log10(ctx.data_range.square() / err.mean(1))
         return DegradationResult(values)
+
+    def generate(self, x, y=None, *, mask=None, volumes=None, slices=None, **kwargs):
+        """ART entry point: the perturbed undersampled k-space of each fully-sampled slice.
+
+        Args:
+            x: fully-sampled k-space as a real view (numpy or torch).
+            y: ignored (the target is the slice's own fully-sampled magnitude).
+            mask, volumes, slices: as :meth:`mri_audit.attack.FnafAttack.generate`.
+
+        Returns:
+            the perturbed undersampled k-space, same shape and type as ``x``; the measured
+            degradation is in :attr:`last_result`.
+
+        Shape:
+            x: ``(B, coils, H, W, 2)``.
+        """
+        from mri_audit.art_input import context_from_x
+
+        ctx, is_numpy = context_from_x(self.estimator, x, mask=mask, volumes=volumes, slices=slices)
+        adv = self._perturb(ctx)
+        self.last_result = self._measure(ctx, adv)
+        out = torch.view_as_real(adv * ctx.mask)
+        return out.cpu().numpy() if is_numpy else out
 
 
 def degradation_records(ctx: SliceContext, result: DegradationResult) -> list[dict]:

@@ -1,7 +1,9 @@
 """Report figures: matplotlib ``Figure`` objects (Agg, no pyplot state) rendered to base64 PNG.
 
 Every function takes plain arrays and returns a PNG as a base64 ``str``; the same inputs give the
-same bytes (fixed size and dpi, no timestamps in the PNG metadata).
+same bytes (fixed size and dpi, no timestamps in the PNG metadata). The criterion-aware per-slice
+distributions (score histograms, evidence-vs-recovery scatter) are in
+:mod:`mri_audit.score_figures`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from matplotlib.ticker import MaxNLocator
 __all__ = [
     "DPI",
     "location_heatmaps",
-    "loss_histograms",
-    "loss_ip_scatter",
     "transfer_heatmaps",
     "worst_case_panel",
     "feature_outline",
@@ -153,110 +153,6 @@ def location_heatmaps(
         return _png(fig)
 
 
-def loss_histograms(
-    panels: Mapping[str, tuple[np.ndarray, np.ndarray]], *, threshold: float, ncols: int = 3
-) -> str:
-    """Distribution of the FNAF loss ``L`` (log x) per attack, controls in grey, τ marked.
-
-    Args:
-        panels: title -> (losses of the found features, control losses of the same regions).
-        threshold: τ.
-        ncols: panels per row.
-    """
-    every = np.concatenate([np.asarray(v, dtype=float).ravel() for p in panels.values() for v in p])
-    every = every[np.isfinite(every) & (every > 0)]
-    floor = float(min(every.min(), threshold) / 10) if every.size else threshold / 1e3
-    top = float(max(every.max(), threshold) * 10) if every.size else threshold * 1e3
-    bins = np.logspace(math.log10(floor), math.log10(top), 41)
-    ncols = max(1, min(ncols, 4, len(panels)))
-    with rc_context(STYLE):
-        fig = _figure(3.4 * ncols, 2.7 * math.ceil(len(panels) / ncols) + 0.1)
-        for i, (ax, (title, (loss, control))) in enumerate(
-            zip(_grid(fig, len(panels), ncols), panels.items(), strict=True)
-        ):
-            ax.hist(
-                _positive(control, floor),
-                bins=bins,
-                color="#9e9e9e",
-                alpha=0.7,
-                histtype="stepfilled",
-                label="control (no feature)",
-            )
-            ax.hist(_positive(loss, floor), bins=bins, color=PALETTE[1], alpha=0.75, label="attack")
-            ax.axvline(threshold, color=PALETTE[0], ls="--", lw=1.2, label=f"τ = {threshold:g}")
-            ax.set_xscale("log")
-            ax.set_title(_short(title, 40))
-            ax.set_xlabel("loss L")
-            ax.set_ylabel("slices")
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-            if i == 0:
-                ax.legend(loc="upper left", frameon=False)
-        return _png(fig)
-
-
-def loss_ip_scatter(
-    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]],
-    *,
-    threshold: float,
-    epsilon: float,
-) -> str:
-    """``L`` against the information-preservation distance ``D`` (log-log), one panel per model.
-
-    Args:
-        panels: model -> attack -> (D, L, hit) arrays of the found features.
-        threshold: τ (horizontal line).
-        epsilon: ε (vertical line).
-    """
-    values = [
-        np.asarray(a, dtype=float) for p in panels.values() for t in p.values() for a in t[:2]
-    ]
-    every = np.concatenate(values) if values else np.zeros(0)
-    every = every[np.isfinite(every) & (every > 0)]
-    floor = float(min(every.min(), epsilon, threshold) / 10) if every.size else 1e-8
-    attacks = sorted({a for p in panels.values() for a in p})
-    colour = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(attacks)}
-    ncols = min(3, len(panels))
-    handles: dict[str, object] = {}
-    with rc_context(STYLE):
-        fig = _figure(3.6 * ncols + 1.4, 3.2 * math.ceil(len(panels) / ncols) + 0.1)
-        for ax, (model, by_attack) in zip(
-            _grid(fig, len(panels), ncols), panels.items(), strict=True
-        ):
-            for attack, (d, loss, hit) in by_attack.items():
-                d = np.maximum(np.asarray(d, dtype=float), floor)
-                loss = np.maximum(np.asarray(loss, dtype=float), floor)
-                hit = np.asarray(hit, dtype=bool)
-                ok = np.isfinite(d) & np.isfinite(loss)
-                ax.scatter(
-                    d[ok & ~hit],
-                    loss[ok & ~hit],
-                    s=14,
-                    facecolors="none",
-                    edgecolors="#9e9e9e",
-                    lw=0.8,
-                    label="no hit",
-                )
-                ax.scatter(
-                    d[ok & hit],
-                    loss[ok & hit],
-                    s=16,
-                    color=colour[attack],
-                    label=f"{_short(attack)} hit",
-                    alpha=0.85,
-                )
-            ax.axhline(threshold, color=PALETTE[0], ls="--", lw=1.1, label=f"τ = {threshold:g}")
-            ax.axvline(epsilon, color="#333333", ls=":", lw=1.1, label=f"ε = {epsilon:g}")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("IP distance D")
-            ax.set_ylabel("loss L")
-            ax.set_title(_short(model, 40))
-            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                handles.setdefault(label, handle)
-        fig.legend(list(handles.values()), list(handles), loc="outside right upper", frameon=False)
-        return _png(fig)
-
-
 def transfer_heatmaps(
     panels: Mapping[str, tuple[Sequence[str], Sequence[str], np.ndarray, np.ndarray]],
 ) -> str:
@@ -308,7 +204,8 @@ def worst_case_panel(
 
     Args:
         images: (title, image) pairs: zero-filled input, ground truth with the feature, then each
-            model's reconstruction; all in target units.
+            model's reconstruction; all in target units. A title may hold a second line (e.g.
+            the panel's ``r``, ``e`` and hit label); each line is shortened on its own.
         rows, cols: the feature's support (pixel coordinates).
         zoom: side of the zoomed region in pixels.
     """
@@ -321,12 +218,12 @@ def worst_case_panel(
     corner = [0.02 if cx > w / 2 else 0.58, 0.58 if cy > h / 2 else 0.02, 0.4, 0.4]
     outline = feature_outline(rows, cols)
     with rc_context(STYLE):
-        fig = _figure(2.35 * len(images), 2.6)
+        fig = _figure(2.35 * len(images), 2.8)
         for ax, (title, img) in zip(_grid(fig, len(images), len(images)), images, strict=True):
             img = np.asarray(img, dtype=np.float32)
             ax.imshow(img, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
             ax.add_collection(LineCollection(outline, colors="#ffd166", linewidths=0.6))
-            ax.set_title(_short(title))
+            ax.set_title("\n".join(_short(line, 30) for line in str(title).split("\n")))
             ax.set_xticks([])
             ax.set_yticks([])
             inset = ax.inset_axes(corner)

@@ -93,6 +93,17 @@ def _inside(d: np.ndarray, width: float) -> np.ndarray:
     return 0.5 - 0.5 * np.tanh(d / (2 * width))
 
 
+# The size whose random stream the others follow after the texture (the built-in set's size, so
+# its volumes are the same as they always were).
+_REFERENCE_SIZE = 160
+_NOISE_PAD = 3  # slices of padding so the periodic filter does not tie the first and last slices
+
+
+def _advance_like_noise(rng: np.random.Generator, slices: int, n: int) -> None:
+    """Advance ``rng`` exactly as :func:`_smooth_noise` of ``(slices, n, n)`` does."""
+    rng.standard_normal((slices + 2 * _NOISE_PAD, n, n), dtype=np.float32)
+
+
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], sigmas_px) -> list:
     """Unit-variance gaussian-filtered noise fields, smooth across slices as well.
 
@@ -102,7 +113,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], sigmas_
         returns a list of ``(slices, n, n)`` float32 arrays.
     """
     slices, n, _ = shape
-    pad = 3  # slices of padding so the periodic filter does not tie the first and last slices
+    pad = _NOISE_PAD
     white = rng.standard_normal((slices + 2 * pad, n, n), dtype=np.float32)
     spec = np.fft.rfftn(white)
     fz = np.fft.fftfreq(slices + 2 * pad)[:, None, None]
@@ -179,9 +190,15 @@ def _anatomy(rng: np.random.Generator, slices: int, size: int) -> np.ndarray:
         0.1,
     )
 
+    state = rng.bit_generator.state
     tex_fine, tex_coarse = _smooth_noise(
         rng, (slices, size, size), (max(0.015 * half, 2.5), max(0.05 * half, 6.0))
     )
+    if size != _REFERENCE_SIZE:
+        # Every draw after the texture (fascia, gains, bias field, phase, peak intensity) is
+        # the reference size's, so one seed gives the same anatomy at every size.
+        rng.bit_generator.state = state
+        _advance_like_noise(rng, slices, _REFERENCE_SIZE)
 
     def paint(img, value, weight):
         return img + (value - img) * weight

@@ -121,6 +121,11 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
         return self._device
 
     @property
+    def fixed_mask(self) -> torch.Tensor | None:
+        """The fixed column mask ``(W,)`` given at construction, if any."""
+        return self._fixed_mask
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         """ART input shape ``(coils, H, W, 2)`` of the last k-space seen (empty before)."""
         return self._input_shape

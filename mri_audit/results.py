@@ -48,8 +48,9 @@ def wilson(successes: int, trials: int, z: float = 1.959964) -> dict:
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
     return {
         "value": p,
-        "low": max(0.0, centre - half),
-        "high": min(1.0, centre + half),
+        # Exact at the ends (rounding must not leave the rate outside its own interval).
+        "low": 0.0 if successes == 0 else max(0.0, centre - half),
+        "high": 1.0 if successes == trials else min(1.0, centre + half),
         "count": successes,
         "total": trials,
     }

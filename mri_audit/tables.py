@@ -12,6 +12,18 @@ def rate(r: dict | None) -> str:
     return f"{r['value']:.1%} [{r['low']:.0%}–{r['high']:.0%}]"
 
 
+def describe(verdict: dict, name: str) -> str:
+    """``erasure (hit when ...)`` from a verdict holding the criterion's thresholds."""
+    from mri_audit.criteria import make_criterion
+
+    keys = ("margin", "min_recovery", "threshold", "ip_epsilon")
+    try:
+        rule = make_criterion(name, **{k: verdict[k] for k in keys if k in verdict})
+    except ValueError:
+        return name
+    return f"{name} ({rule.describe()})"
+
+
 def attack_table(results: dict) -> str:
     """Clean metrics and the attack table of a results dict."""
     mw = max([len("model")] + [len(m) for m in results["clean"]]) + 2
@@ -23,6 +35,8 @@ def attack_table(results: dict) -> str:
         (a.get("criterion") for by in results["attacks"].values() for a in by.values()), None
     )
     control = crit == "paper"
+    if crit:
+        lines.append(f"criterion: {describe(results.get('verdict') or {}, crit)}")
     head = f"{'model':<{mw}}{'attack':<12}{'attack rate':>22}{'admissible':>22}"
     head += f"{'control':>22}" if control else ""
     tail = f"{'mean r':>9}{'mean r0':>9}{'mean e':>9}" + (f"{'mean L':>11}" if control else "")

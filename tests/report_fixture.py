@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from mri_audit.journal import to_jsonable
+from mri_audit.criteria import CRITERIA, QUANTITIES, make_criterion
+from mri_audit.journal import Journal, to_jsonable
 from mri_audit.outputs import build_results
 from mri_audit.results import aggregate, atomic_write, write_csv, write_json
 
@@ -21,6 +23,7 @@ __all__ = ["build_audit_folder", "FNAF_ATTACKS"]
 
 FNAF_ATTACKS = ("fnaf-rs", "fnaf-fd", "fnaf-pgd")
 THRESHOLD, EPSILON, CANDIDATES, STEPS, WINDOW = 1e-3, 1e-4, 11, 10, 0.375
+MARGIN, MIN_RECOVERY = 0.1, 0.5
 
 
 def _phantom(size: int, k: int) -> np.ndarray:
@@ -50,68 +53,76 @@ def _walk(rng: np.random.Generator, size: int, t_max: float) -> dict:
     return {"rows": rows, "cols": cols, "values": values}
 
 
-def _fnaf(rng, size, t_max, vulnerability: float, others: Sequence[str]) -> dict:
-    found = bool(rng.random() < 0.92)
-    if not found:
+def _pick(rng, size, t_max, vulnerability: float, name: str) -> dict:
+    """One criterion's selection: the quantities of its best admissible candidate."""
+    feature = _walk(rng, size, t_max)
+    r0 = float(rng.uniform(0.15, 0.7))
+    r = float(r0 - rng.uniform(0.0, 0.3) * vulnerability)
+    loss = float(np.exp(rng.normal(np.log(THRESHOLD * vulnerability), 1.0)))
+    q = {
+        "found": True,
+        "r": r,
+        "r0": r0,
+        "e": r0 - r,
+        "rho": float(r0 * rng.uniform(0.95, 1.05)),
+        "loss": loss,
+        "ip": float(EPSILON * np.exp(abs(rng.normal(1.0, 1.0)))),
+        "region_nmse": loss * float(rng.uniform(20, 60)),
+        "accepted": int(rng.integers(3, CANDIDATES + 1)),
+        "row": round(sum(feature["rows"]) / STEPS, 2),
+        "col": round(sum(feature["cols"]) / STEPS, 2),
+    }
+    q["score"] = {"erasure": min(q["e"], r0), "recovery": -r, "paper": loss}[name]
+    return q | {"feature": feature}
+
+
+def _fnaf(rng, size, t_max, vulnerability: float, others: Sequence[str], criterion: str) -> dict:
+    control = float(np.exp(rng.normal(np.log(THRESHOLD * 0.08), 0.8)))
+    if not rng.random() < 0.92:
         nan = float("nan")
-        return {
-            "found": False,
-            "loss": nan,
-            "region_nmse": nan,
-            "ip": nan,
-            "rho": nan,
-            "control": nan,
+        empty = dict.fromkeys(("score", "r", "r0", "e", "rho", "loss", "ip", "region_nmse"), nan)
+        empty |= {"found": False, "accepted": 0, "row": None, "col": None}
+        return empty | {
+            "criterion": criterion,
+            "control": control,
             "hit": False,
             "control_hit": False,
             "evaluated": CANDIDATES,
-            "accepted": 0,
             "feature": None,
-            "row": None,
-            "col": None,
+            "criteria": {name: dict(empty) for name in CRITERIA},
             "transfer": dict.fromkeys(others),
         }
-    loss = float(np.exp(rng.normal(np.log(THRESHOLD * vulnerability), 1.0)))
-    control = float(np.exp(rng.normal(np.log(THRESHOLD * 0.08), 0.8)))
-    feature = _walk(rng, size, t_max)
-    return {
-        "found": True,
-        "loss": loss,
-        "region_nmse": loss * float(rng.uniform(20, 60)),
-        "ip": float(EPSILON * np.exp(abs(rng.normal(1.0, 1.0)))),
-        "rho": float(rng.uniform(0.15, 0.65)),
+    picks = {name: _pick(rng, size, t_max, vulnerability, name) for name in CRITERIA}
+    chosen = picks[criterion]
+    crit = make_criterion(criterion)
+    hit = bool(crit.hit({k: torch.tensor([chosen[k]]) for k in QUANTITIES})[0])
+    transfer = {}
+    for o in others:
+        replay = {k: chosen[k] * float(rng.uniform(0.8, 1.1)) for k in ("r", "r0", "loss", "ip")}
+        replay["e"] = replay["r0"] - replay["r"]
+        replay["score"] = {"erasure": min(replay["e"], replay["r0"]), "recovery": -replay["r"]}.get(
+            criterion, replay["loss"]
+        )
+        tensors = {k: torch.tensor([v]) for k, v in replay.items()}
+        transfer[o] = replay | {"hit": bool(crit.hit(tensors)[0])}
+    return {k: v for k, v in chosen.items()} | {
+        "criterion": criterion,
         "control": control,
-        "hit": loss >= THRESHOLD,
-        "control_hit": control >= THRESHOLD,
+        "hit": hit,
+        "control_hit": bool(crit.control_hit(torch.tensor([control]))[0]),
         "evaluated": CANDIDATES,
-        "accepted": int(rng.integers(3, CANDIDATES + 1)),
-        "feature": feature,
-        "row": round(sum(feature["rows"]) / STEPS, 2),
-        "col": round(sum(feature["cols"]) / STEPS, 2),
-        "transfer": {
-            o: {"hit": bool(loss >= THRESHOLD and rng.random() < 0.8), "loss": loss * 0.9}
-            for o in others
-        },
+        "criteria": {n: {k: v for k, v in p.items() if k != "feature"} for n, p in picks.items()},
+        "transfer": transfer,
     }
 
 
 def _degradation(rng, ssim: float) -> dict:
-    nan = float("nan")
     adv = ssim - float(rng.uniform(0.05, 0.2))
     nmse0, nmse1 = float(rng.uniform(0.01, 0.03)), float(rng.uniform(0.04, 0.09))
     return {
         "found": False,
-        "loss": nan,
-        "region_nmse": nan,
-        "ip": nan,
-        "rho": nan,
-        "control": nan,
         "hit": False,
         "control_hit": False,
-        "evaluated": 1,
-        "accepted": 0,
-        "feature": None,
-        "row": None,
-        "col": None,
         "transfer": {},
         "perturbation": float(rng.uniform(0.009, 0.011)),
         "ssim_clean": ssim,
@@ -123,7 +134,7 @@ def _degradation(rng, ssim: float) -> dict:
     }
 
 
-def _records(models, rng, size, volumes, slices) -> tuple[list[dict], dict]:
+def _records(models, rng, size, volumes, slices, criterion) -> tuple[list[dict], dict]:
     records, targets = [], {}
     attacks = (*FNAF_ATTACKS, "kspace-pgd")
     for v in range(volumes):
@@ -148,7 +159,7 @@ def _records(models, rng, size, volumes, slices) -> tuple[list[dict], dict]:
                         rec = _degradation(rng, ssim)
                         kind = "degradation"
                     else:
-                        rec = _fnaf(rng, size, t_max, 1.5 / (1 + m), others)
+                        rec = _fnaf(rng, size, t_max, 1.5 / (1 + m), others, criterion)
                         kind = "fnaf"
                     rec.update(model=model, attack=attack, kind=kind, volume=volume, slice=s)
                     rec.update(clean)
@@ -190,6 +201,8 @@ def build_audit_folder(
     seed: int = 0,
     images: bool = True,
     records: bool = True,
+    journal: bool = True,
+    criterion: str = "erasure",
 ) -> Path:
     """Write a fake audit of ``models`` (the first is audited) into ``folder``.
 
@@ -202,6 +215,9 @@ def build_audit_folder(
         seed: seed of the fake numbers.
         images: write ``audit_images.npz``.
         records: write ``records.csv``.
+        journal: write the journal ``records.jsonl`` (header line, then the records), which
+            ``mri-audit report --criterion`` re-reads.
+        criterion: the audit's criterion (``erasure``, ``recovery`` or ``paper``).
 
     Returns:
         the path of ``results.json``.
@@ -211,8 +227,14 @@ def build_audit_folder(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    recs, targets = _records(list(models), rng, size, volumes, slices)
-    agg = aggregate(recs, threshold=THRESHOLD, max_attack_rate=max_attack_rate, primary=models[0])
+    recs, targets = _records(list(models), rng, size, volumes, slices, criterion)
+    thresholds = {"margin": MARGIN, "min_recovery": MIN_RECOVERY, "threshold": THRESHOLD}
+    agg = aggregate(
+        recs,
+        criterion=make_criterion(criterion, **thresholds, ip_epsilon=EPSILON),
+        max_attack_rate=max_attack_rate,
+        primary=models[0],
+    )
     cases = worst_records(recs, models[0])
     config = {
         "accel": 4.0,
@@ -221,7 +243,8 @@ def build_audit_folder(
         "attacks": [*FNAF_ATTACKS, "kspace-pgd"],
         "candidates": CANDIDATES,
         "feature_steps": STEPS,
-        "threshold": THRESHOLD,
+        "criterion": criterion,
+        **thresholds,
         "ip_epsilon": EPSILON,
         "window": WINDOW,
         "insert": "phase",
@@ -281,5 +304,8 @@ def build_audit_folder(
         atomic_write(folder / "audit_images.npz", buf.getvalue())
     if records:
         write_csv(folder / "records.csv", recs)
+    if journal:
+        (folder / "records.jsonl").unlink(missing_ok=True)
+        Journal(folder / "records.jsonl").append([{"kind": "header", **header}, *recs])
     write_json(folder / "results.json", results)
     return folder / "results.json"

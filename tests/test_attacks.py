@@ -39,6 +39,7 @@ def test_batch_size_and_seed_invariance(name, slices):
         assert torch.equal(res.features.cols, ref.features.cols)
         torch.testing.assert_close(res.features.values, ref.features.values)
         torch.testing.assert_close(res.loss, ref.loss, rtol=1e-4, atol=1e-9, equal_nan=True)
+        torch.testing.assert_close(res.score, ref.score, rtol=1e-4, atol=1e-6, equal_nan=True)
         assert torch.equal(res.hit, ref.hit)
         assert torch.equal(res.evaluated, ref.evaluated)
     other = run(name, est, ctx, batch_size=16, seed=1)
@@ -58,37 +59,48 @@ def test_slice_results_do_not_depend_on_batch_composition(slices):
 def test_returned_features_satisfy_ip(name, slices):
     ctx = context(slices)
     est = estimator(TinyUnetish(), ctx.target_shape)
-    eps = 5e-4
-    res = run(name, est, ctx, ip_epsilon=eps)
+    eps = 1e-5
+    res = run(name, est, ctx, criterion="paper", ip_epsilon=eps)
     assert bool(res.found.any())
-    again = FnafEngine(est, ip_epsilon=0.0).evaluate(ctx, res.features.take(res.found))
+    again = FnafEngine(est).evaluate(ctx, res.features.take(res.found))
     assert bool((again.ip >= eps).all())
     torch.testing.assert_close(again.loss, res.loss[res.found], rtol=1e-4, atol=1e-9)
+    # recovery's IP rule: the data carries at least 0.1 of the feature.
+    res = run(name, est, ctx, criterion="recovery")
+    again = FnafEngine(est).evaluate(ctx, res.features.take(res.found))
+    assert bool((again.r0 >= 0.1).all())
 
 
 def test_ip_rejects_everything_with_huge_epsilon(slices):
     ctx = context(slices)
-    res = run("fnaf-rs", estimator(TinyUnetish(), ctx.target_shape), ctx, ip_epsilon=1e9)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    res = run("fnaf-rs", est, ctx, criterion="paper", ip_epsilon=1e9)
     assert not bool(res.found.any()) and not bool(res.hit.any())
     assert int(res.accepted.sum()) == 0 and int(res.evaluated.sum()) == 11 * 4
+    # Another criterion's pick among the same candidates is unaffected.
+    assert bool(res.picks["erasure"].found.all())
 
 
 def test_pgd_at_least_as_strong_as_its_start(slices):
     ctx = context(slices)
     est = estimator(TinyUnetish(), ctx.target_shape)
-    rs = run("fnaf-rs", est, ctx)
-    pgd = run("fnaf-pgd", est, ctx)
-    grow = run("fnaf-pgd", est, ctx, grow=3)
-    assert bool((pgd.loss >= rs.loss - 1e-12).all())
-    assert bool((grow.loss >= rs.loss - 1e-12).all())
-    assert float(pgd.loss.mean()) > float(rs.loss.mean())
+    for criterion in ("erasure", "paper"):
+        rs = run("fnaf-rs", est, ctx, criterion=criterion)
+        pgd = run("fnaf-pgd", est, ctx, criterion=criterion)
+        grow = run("fnaf-pgd", est, ctx, criterion=criterion, grow=3)
+        assert bool((pgd.score >= rs.score - 1e-12).all())
+        assert bool((grow.score >= rs.score - 1e-12).all())
+        assert float(pgd.score.mean()) > float(rs.score.mean())
 
 
 def test_fd_uses_the_same_budget_as_rs(slices):
     ctx = context(slices)
     est = estimator(TinyUnetish(), ctx.target_shape)
-    fd = run("fnaf-fd", est, ctx)
-    assert bool((fd.evaluated <= 11).all()) and bool((fd.evaluated >= 6).all())
+    for restarts in (1, 2, 3, 4, 11):
+        fd = run("fnaf-fd", est, ctx, restarts=restarts)
+        assert fd.evaluated.tolist() == [11] * 4, restarts
+    with pytest.raises(ValueError, match="budget"):
+        load_attack("fnaf-fd")(est, restarts=12)
 
 
 @pytest.mark.parametrize("name", FNAF)
@@ -96,29 +108,41 @@ def test_identity_fully_sampled_has_zero_rates(name, slices):
     ctx = context(slices, accel=1)
     assert bool(ctx.mask.all())
     est = estimator(Identity(), ctx.target_shape, normalize="none")
-    res = run(name, est, ctx)
-    assert bool(res.found.all())
-    assert not bool(res.hit.any()) and not bool(res.control_hit.any())
-    assert float(res.loss.max()) < 1e-8
+    for criterion in ("erasure", "recovery", "paper"):
+        res = run(name, est, ctx, criterion=criterion)
+        assert bool(res.found.all())
+        assert not bool(res.hit.any()) and not bool(res.control_hit.any())
+        assert float(res.loss.max()) < 1e-8
+        torch.testing.assert_close(res.r, torch.ones(4), atol=1e-4, rtol=0)
+        torch.testing.assert_close(res.r0, torch.ones(4), atol=1e-4, rtol=0)
 
 
 def test_heavy_blur_has_high_attack_rate(slices):
     ctx = context(smooth_slices(6, h=48, w=48, seed=5))
     res = run("fnaf-rs", estimator(Blur(9), ctx.target_shape), ctx)
+    assert res.criterion == "erasure"
     assert float(res.hit.float().mean()) >= 0.8
+    assert bool((res.r < 0.2).all())
 
 
-def test_control_is_clean_recon_on_the_same_region(slices):
-    ctx = context(slices)
-    est = estimator(TinyUnetish(), ctx.target_shape)
-    res = run("fnaf-rs", est, ctx)
-    _, support = paint(res.features, ctx.target_shape)
+def test_control_is_the_same_search_with_no_feature(slices):
+    """The control: the clean reconstruction's L over each candidate's region, best per slice."""
+    from attacks.random_search import candidate_grid
+    from mri_audit.features import random_walks
     from mri_audit.metrics import fnaf_region, region_loss
 
-    clean = FnafEngine(est).clean_reconstruction(ctx)
-    std = ctx.t_std[:, None, None]
-    expect = region_loss(clean / std, ctx.target / std, fnaf_region(support))
-    torch.testing.assert_close(res.control, expect, rtol=1e-4, atol=1e-10)
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    res = run("fnaf-rs", est, ctx, criterion="paper")
+    si, cand = candidate_grid(ctx, 11)
+    _, support = paint(random_walks(ctx, si, cand, steps=10, seed=0), ctx.target_shape)
+    clean = FnafEngine(est).clean_reconstruction(ctx)[si]
+    std = ctx.t_std[si, None, None]
+    h, w = ctx.target_shape
+    each = region_loss(clean / std, ctx.target[si] / std, fnaf_region(support)) * h * w / 320**2
+    expect = each.view(4, 11).amax(1)
+    torch.testing.assert_close(res.control, expect, rtol=1e-4, atol=1e-12)
+    assert torch.equal(res.control_hit, expect >= 1e-3)
 
 
 def test_replayed_feature_gives_same_loss(slices):
@@ -129,6 +153,8 @@ def test_replayed_feature_gives_same_loss(slices):
     f = decode_features([r["feature"] for r in records], list(range(len(records))))
     again = FnafEngine(est).evaluate(ctx, f)
     torch.testing.assert_close(again.loss, res.loss, rtol=1e-5, atol=1e-10)
+    torch.testing.assert_close(again.e, res.e, rtol=1e-4, atol=1e-6)
+    assert [r["r"] for r in records] == pytest.approx(res.r.tolist(), rel=1e-6)
 
 
 def test_art_generate_numpy_in_numpy_out(slices):
@@ -152,6 +178,10 @@ def test_attack_params_checked_and_settable(slices):
         cls(est, candidates=0)
     with pytest.raises(ValueError, match="threshold"):
         cls(est, threshold=-1)
+    with pytest.raises(ValueError, match="margin"):
+        cls(est, margin=0)
+    with pytest.raises(ValueError, match="criterion"):
+        cls(est, criterion="loudest")
     attack = cls(est)
     attack.set_params(candidates=3)
     assert attack.candidates == 3
@@ -192,9 +222,22 @@ def test_registry_lists_builtin_attacks_and_rejects_unknown():
 def test_kspace_pgd_degrades_reconstruction(slices):
     ctx = context(slices)
     est = estimator(TinyUnetish(), ctx.target_shape)
-    res = load_attack("kspace-pgd")(est, eps=0.05, max_iter=5).attack(ctx)
-    assert bool((res.extra["nmse_adv"] > res.extra["nmse_clean"]).all())
-    assert bool((res.extra["perturbation"] <= 0.05 + 1e-4).all())
+    cls = load_attack("kspace-pgd")
+    res = cls(est, eps=0.05, max_iter=5).attack(ctx)
+    assert bool((res.values["nmse_adv"] > res.values["nmse_clean"]).all())
+    assert bool((res.values["perturbation"] <= 0.05 + 1e-4).all())
+    # A degradation attack takes only its own parameters: no FNAF criterion or threshold.
+    assert "criterion" not in cls.attack_params and "threshold" not in cls.attack_params
+    with pytest.raises(TypeError):
+        cls(est, criterion="erasure")
+
+
+def test_attack_is_final():
+    with pytest.raises(TypeError, match="final"):
+
+        class Sneaky(FnafAttack):
+            def attack(self, ctx, engine=None):
+                return None
 
 
 def test_art_pgd_runs_on_reconstructor_and_changes_output(slices):
@@ -272,6 +315,7 @@ def test_reduced_precision_search_reports_fp32_scores(name, slices):
     assert bool(res.found.all())
     exact = FnafEngine(est, batch_size=8).evaluate(ctx, res.features)
     torch.testing.assert_close(res.loss, exact.loss, rtol=1e-6, atol=1e-12)
-    assert bool((res.evaluated == 11).all()) or name == "fnaf-fd"
+    torch.testing.assert_close(res.r, exact.r, rtol=1e-6, atol=1e-9)
+    assert bool((res.evaluated == 11).all())
     with pytest.raises(ValueError, match="precision"):
         FnafEngine(est, precision="fp8")

@@ -34,7 +34,8 @@ def test_bench_fnaf_figures_are_consistent(tmp_path, capsys):
     )
     assert figures["model_work_bound"] == pytest.approx(3 / 4)
     assert figures["batch_size"] == cpu_batch(32, 32)  # --batch-size auto, as `run` picks
-    assert figures["ip_accepted"] == "6/6"  # ε = 0: every candidate goes through the model
+    assert figures["criterion"] == "erasure"
+    assert figures["admissible"] == "6/6"  # every candidate goes through the model
     printed = capsys.readouterr().out
     assert "engine / bare forward" in printed and "engine / per-candidate loop" in printed
 

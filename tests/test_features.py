@@ -123,11 +123,12 @@ def _zf_numpy(kspace, mask, crop):
 
 
 def test_scores_match_float64_oracle():
-    """L, region NMSE, D and rho of the identity model against a numpy float64 reference."""
+    """L, region NMSE, D, rho, r, r0 and e of the identity model against a numpy float64
+    reference (L and D over the fixed 320x320 reference area)."""
     ks = smooth_slices(2, h=44, w=40, coils=2)
     ctx = context(ks, crop=(36, 36))
     est = estimator(Identity(), ctx.target_shape, normalize="none")
-    engine = FnafEngine(est, ip_epsilon=0.0, batch_size=5)
+    engine = FnafEngine(est, batch_size=5)
     f = _walks(ctx, k=3)
     scores = engine.evaluate(ctx, f)
     d, support = paint(f, ctx.target_shape)
@@ -141,12 +142,13 @@ def test_scores_match_float64_oracle():
     tf = t + d.numpy()
     mean = t.reshape(len(si), -1).mean(1)[:, None, None]
     std = t.reshape(len(si), -1).std(1, ddof=1)[:, None, None]
-    loss = (((zf_feat - tf) / std) ** 2 * region).sum((1, 2)) / (36 * 36)
+    area = 320 * 320
+    loss = (((zf_feat - tf) / std) ** 2 * region).sum((1, 2)) / area
     rnmse = (((zf_feat - tf) / std) ** 2 * region).sum((1, 2)) / (
         (((tf - mean) / std) ** 2) * region
     ).sum((1, 2))
     zstd = zf_clean.reshape(len(si), -1).std(1, ddof=1)[:, None, None]
-    ip = (((zf_feat - zf_clean) / zstd) ** 2).mean((1, 2))
+    ip = (((zf_feat - zf_clean) / zstd) ** 2).sum((1, 2)) / area
     fd = kspace.numpy().astype(np.complex128) - ks.numpy()[si]
     rho = (np.abs(fd * mask) ** 2).sum((1, 2, 3)) / (np.abs(fd) ** 2).sum((1, 2, 3))
     np.testing.assert_allclose(scores.loss.numpy(), loss, rtol=2e-3, atol=1e-9)
@@ -154,8 +156,14 @@ def test_scores_match_float64_oracle():
     np.testing.assert_allclose(scores.ip.numpy(), ip, rtol=2e-3)
     np.testing.assert_allclose(scores.rho.numpy(), rho, rtol=2e-3)
     # Control: the clean reconstruction on the same region, no feature.
-    control = (((zf_clean - t) / std) ** 2 * region).sum((1, 2)) / (36 * 36)
+    control = (((zf_clean - t) / std) ** 2 * region).sum((1, 2)) / area
     np.testing.assert_allclose(scores.control.numpy(), control, rtol=2e-3, atol=1e-9)
+    # The identity model is the zero-filled reconstruction: r = r0 and e = 0.
+    dd = d.numpy().astype(np.float64)
+    r0 = ((zf_feat - zf_clean) * dd).sum((1, 2)) / (dd**2).sum((1, 2))
+    np.testing.assert_allclose(scores.r0.numpy(), r0, rtol=2e-3)
+    np.testing.assert_allclose(scores.r.numpy(), r0, rtol=2e-3)
+    np.testing.assert_allclose(scores.e.numpy(), 0, atol=1e-4)
 
 
 def test_encode_decode_replays_exactly():

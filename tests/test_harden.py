@@ -86,7 +86,7 @@ def _fixed_loss(est, data):
     cand = torch.arange(6).repeat(ctx.num_slices)
     feats = random_walks(ctx, si, cand, steps=15, seed=123)
     with est.evaluation():
-        scores = FnafEngine(est, ip_epsilon=0.0).evaluate(ctx, feats)
+        scores = FnafEngine(est).evaluate(ctx, feats)
     return float(scores.loss.mean())
 
 

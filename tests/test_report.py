@@ -98,8 +98,8 @@ def test_report_written_beside_results(audit):
         "clean",
         "attacks",
         "locations",
-        "losses",
-        "loss-ip",
+        "scores",
+        "recovery",
         "transfer",
         "worst",
         "method",
@@ -119,13 +119,10 @@ def test_attack_table_matches_results(audit):
         agg = res["attacks"][model][attack]
         assert cells[:3] == [model, attack, str(agg["slices"])]
         if agg["kind"] == "fnaf":
+            assert agg["criterion"] == "erasure" and agg["control_rate"] is None
             assert cells[3] == _rate_text(agg["attack_rate"])
             assert cells[4] == _rate_text(agg["ip_acceptance"])
-            assert cells[5] == _rate_text(agg["control_rate"])
-            loss = agg["loss"]
-            assert cells[6:10] == [f"{loss[k]:.2e}" for k in ("mean", "q05", "q50", "q95")]
-            assert cells[10] == f"{agg['ip_distance']['mean']:.2e}"
-            assert cells[11] == f"{agg['rho']['mean']:.3f}"
+            assert cells[5:] == [f"{agg[q]['mean']:.3f}" for q in ("score", "r", "r0", "e")]
         else:
             s0, s1 = agg["ssim_clean"]["mean"], agg["ssim_adv"]["mean"]
             p0, p1 = agg["psnr_clean"]["mean"], agg["psnr_adv"]["mean"]
@@ -167,11 +164,33 @@ def test_transfer_tables_match(audit):
                 assert text == ("—" if src == tgt else _rate_text(sources[src][tgt]))
 
 
+def _text(html: str) -> str:
+    return " ".join(unescape(re.sub(r"<[^>]+>", "", html)).split())
+
+
 def test_methodology_states_config(audit):
     _, res, html = audit
     cfg = res["config"]
-    text = unescape(re.sub(r"<[^>]+>", "", html))
-    assert f"τ = {cfg['threshold']:g}" in text and f"ε = {cfg['ip_epsilon']:g}" in text
+    text = _text(html)
+    assert "This audit used the criterion erasure: hit when the erasure" in text
+    assert f"here δ = {cfg['margin']:g}" in text and f"here r_min = {cfg['min_recovery']:g}" in text
+    assert f"here τ = {cfg['threshold']:g}" in text and f"here ε = {cfg['ip_epsilon']:g}" in text
+    for definition in (
+        "r = ΣS (m(x+d) − m(x))·d / ΣS d²",
+        "r₀ = ΣS (z(x+d) − z(x))·d / ΣS d²",
+        "e = r₀ − r",
+        "ρ = ‖M F d‖² / ‖F d‖²",
+        "L = Σp∈Ω (recon′p − t′p)² / 320²",
+        "D = Σp (N(zf(x′)) − N(zf(x)))² / 320²",
+        "IP: r₀ ≥ r₀_min = 0.1",
+        "repeats the same K-candidate search with no feature inserted",
+        "Selection never depends on the hit thresholds",
+        "100% of slices at 160×160 and 0% at 320×320",
+        "equals MIDL 2020 at 320×320",
+        "Table 2 are only meaningful with --criterion paper on 320×320 data",
+    ):
+        assert definition in text, definition
+    assert "(used here)" in text and 'id="criterion-erasure" class="used"' in html
     assert f"evaluates {cfg['candidates']} candidate features" in text
     assert f"random walk of {cfg['feature_steps']} steps" in text
     assert "centre fraction 0.08 (fastMRI default for 4×)" in text
@@ -365,3 +384,239 @@ def test_no_fnaf_attack_result(tmp_path):
     html = render_report(results).read_text(encoding="utf-8")
     assert ">NO RESULT<" in html and "No hits to replay" in html
     assert "No FNAF feature was found" in html
+
+
+# ------------------------------------------------------------------ criteria and re-reading
+
+
+def test_paper_audit_shows_control(tmp_path):
+    results = build_audit_folder(tmp_path, criterion="paper", slices=2, images=False)
+    res = json.loads(results.read_text())
+    html = render_report(results).read_text(encoding="utf-8")
+    rows = {(a["data-model"], a["data-attack"]): c for a, c in tables(html)["attack-table"] if a}
+    for (model, attack), cells in rows.items():
+        agg = res["attacks"][model][attack]
+        if agg["kind"] != "fnaf":
+            continue
+        assert agg["criterion"] == "paper"
+        assert cells[5] == f"{agg['score']['mean']:.2e}"
+        assert cells[9] == _rate_text(agg["control_rate"])
+        assert cells[10] == f"{agg['control_loss']['mean']:.2e}"
+    assert "Mean control L" in html and "This audit used the criterion paper" in _text(html)
+    assert 'id="criterion-paper" class="used"' in html
+    assert len(data_uris(html)) == 4  # heatmaps, histograms (with the control), scatter, transfer
+
+
+def _journal(results: Path) -> list[dict]:
+    from mri_audit.journal import Journal
+
+    return [r for r in Journal(results.parent / "records.jsonl").read() if r["kind"] != "header"]
+
+
+def _one_error(result, code: int, message: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], lines
+
+
+@pytest.fixture(scope="module")
+def reread(tmp_path_factory) -> tuple[Path, object]:
+    results = build_audit_folder(tmp_path_factory.mktemp("reread"), slices=2, images=False)
+    return results, CliRunner().invoke(report, [str(results), "--criterion", "recovery"])
+
+
+def test_reread_recounts_from_the_journal(reread):
+    from mri_audit.criteria import make_criterion
+    from mri_audit.journal import to_jsonable
+    from mri_audit.results import aggregate
+
+    results, result = reread
+    assert result.exit_code == 0, result.output
+    folder = results.parent
+    lines = result.output.strip().splitlines()
+    assert lines[-2:] == [
+        f"Wrote {folder / 'results.recovery.json'}",
+        str(folder / "report.recovery.html"),
+    ]
+    assert "admissible" in result.output and "fnaf-pgd" in result.output
+    stored, new = (
+        json.loads(results.read_text()),
+        json.loads((folder / "results.recovery.json").read_text()),
+    )
+    crit = make_criterion("recovery", min_recovery=0.5)
+    fresh = json.loads(
+        json.dumps(
+            to_jsonable(
+                aggregate(_journal(results), criterion=crit, max_attack_rate=0.1, primary="unet")
+            )
+        )
+    )
+    for key in ("clean", "attacks", "verdict", "failures"):
+        assert new[key] == fresh[key], key
+    assert new["transfer"] == {} and stored["transfer"]
+    assert new["reread_from"] == "erasure" and new["config"]["criterion"] == "recovery"
+    assert new["verdict"]["criterion"] == "recovery" and new["worst_cases"] == stored["worst_cases"]
+    assert new["files"]["report"] == "report.recovery.html"
+    assert {k: v for k, v in new["config"].items() if k != "criterion"} == {
+        k: v for k, v in stored["config"].items() if k != "criterion"
+    }
+
+
+def test_reread_report(reread):
+    results, _ = reread
+    folder = results.parent
+    html = (folder / "report.recovery.html").read_text(encoding="utf-8")
+    new = json.loads((folder / "results.recovery.json").read_text())
+    rows = {(a["data-model"], a["data-attack"]): c for a, c in tables(html)["attack-table"] if a}
+    for (model, attack), cells in rows.items():
+        agg = new["attacks"][model][attack]
+        if agg["kind"] == "fnaf":
+            assert cells[3] == _rate_text(agg["attack_rate"])
+            assert cells[5:] == [f"{agg[q]['mean']:.3f}" for q in ("score", "r", "r0", "e")]
+    text = _text(html)
+    assert "ran under the criterion erasure; this report reads its stored records under" in text
+    assert "so its re-read equals a fresh audit under recovery" in text
+    assert "fnaf-fd and fnaf-pgd searched under erasure" in text
+    assert "the best recovery selection among the candidates that search evaluated" in text
+    assert "The worst-case panels are the erasure selections" in text
+    assert "Transfer is omitted in this re-read" in text and "transfer:" not in " ".join(
+        tables(html)
+    )
+    assert "re-reads its records under the criterion recovery" in text
+    # the re-read results re-render to the same report, and the audit's own report is untouched
+    again = render_report(folder / "results.recovery.json", folder / "again.html")
+    assert again.read_text(encoding="utf-8") == html
+    assert not (folder / "report.html").exists()
+
+
+def test_reread_thresholds_of_the_same_criterion(tmp_path):
+    results = build_audit_folder(tmp_path, **LIGHT)
+    result = CliRunner().invoke(report, [str(results), "--margin", "0.25"])
+    assert result.exit_code == 0, result.output
+    new = json.loads((tmp_path / "results.erasure.json").read_text())
+    assert new["config"]["margin"] == 0.25 and new["verdict"]["margin"] == 0.25
+    for model, by in new["attacks"].items():
+        for attack, agg in by.items():
+            if agg["kind"] != "fnaf":
+                continue
+            rows = [r for r in _journal(results) if (r["model"], r["attack"]) == (model, attack)]
+            hits = sum(r["found"] and min(r["e"], r["r0"]) >= 0.25 for r in rows)
+            assert agg["attack_rate"]["count"] == hits and agg["attack_rate"]["total"] == len(rows)
+    assert new["transfer"]  # same criterion: the replays are kept, their hits re-derived
+    html = (tmp_path / "report.erasure.html").read_text(encoding="utf-8")
+    assert "every number here equals a fresh audit with these thresholds" in _text(html)
+    assert "here δ = 0.25" in _text(html)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--criterion", "nope"],
+            "unknown criterion 'nope'; choose one of erasure, recovery, paper",
+        ),
+        (["--criterion", "erasure", "--margin", "0"], "--margin: margin must be in (0, 1]"),
+        (["--margin", "1.5"], "must be in (0, 1], got 1.5"),
+        (["--margin", "nan"], "must be in (0, 1]"),
+        (["--criterion", "paper", "--margin", "0.2"], "--margin applies to --criterion erasure"),
+        (["--criterion", "recovery", "--min-recovery", "0"], "--min-recovery"),
+        (["--criterion", "paper", "--threshold", "-1"], "--threshold: threshold must be"),
+    ],
+)
+def test_reread_usage_errors(tmp_path, args, message):
+    results = build_audit_folder(tmp_path, **LIGHT)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _one_error(CliRunner().invoke(report, [str(results), *args]), 2, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_reread_criterion_the_records_lack(tmp_path):
+    results = build_audit_folder(tmp_path, **LIGHT)
+    journal = tmp_path / "records.jsonl"
+    lines = [json.loads(line) for line in journal.read_text().splitlines()]
+    for r in lines:
+        (r.get("criteria") or {}).pop("paper", None)
+    journal.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    result = CliRunner().invoke(report, [str(results), "--criterion", "paper"])
+    _one_error(result, 2, "hold no 'paper' selection")
+    assert not (tmp_path / "results.paper.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", "records.jsonl was not found"),
+        ("corrupt", "cannot read the journal"),
+        ("foreign", "belongs to another audit than results.json (configuration differs in seed)"),
+    ],
+)
+def test_reread_journal_missing_or_corrupt(tmp_path, damage, message):
+    results = build_audit_folder(tmp_path, **LIGHT)
+    journal = tmp_path / "records.jsonl"
+    if damage == "missing":
+        journal.unlink()
+    elif damage == "foreign":
+        lines = [json.loads(line) for line in journal.read_text().splitlines()]
+        lines[0]["config"]["seed"] = 7
+        journal.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    else:
+        lines = journal.read_text().splitlines()
+        lines[2] = lines[2][: len(lines[2]) // 2]
+        journal.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(report, [str(results), "--criterion", "paper"])
+    _one_error(result, DataError.exit_code, message)
+    assert not (tmp_path / "results.paper.json").exists()
+
+
+def test_reread_real_audit_equals_fresh_audit(tmp_path):
+    """A real audit re-read under `paper` gives fnaf-rs the numbers of a fresh `paper` audit."""
+    import torch
+
+    from mri_audit.cli import cli
+    from tests.fixtures.models.tiny_image import TinyImageNet
+
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.pt"
+    torch.save(TinyImageNet().state_dict(), weights)
+    root = Path(__file__).parent.parent
+    common = [
+        "run",
+        "--model",
+        f"{root / 'tests/fixtures/models/tiny_image.py'}:TinyImageNet",
+        "--weights",
+        str(weights),
+        "--compare",
+        f"{root / 'examples/zero_filled.py'}:ZeroFilled",
+        "--max-volumes",
+        "1",
+        "--max-slices",
+        "2",
+        "--attacks",
+        "fnaf-rs",
+        "--candidates",
+        "4",
+        "--no-progress",
+    ]
+    runner = CliRunner()
+    for name, extra in (("erasure", []), ("paper", ["--criterion", "paper"])):
+        result = runner.invoke(cli, [*common, *extra, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    audit = json.loads((tmp_path / "erasure" / "results.json").read_text())
+    zero = audit["attacks"]["zero_filled.py:ZeroFilled"]["fnaf-rs"]["attack_rate"]
+    assert zero["value"] == 0 and zero["total"] == 2
+    result = runner.invoke(cli, ["report", str(tmp_path / "erasure"), "--criterion", "paper"])
+    assert result.exit_code == 0, result.output
+    assert "fnaf-rs" in result.output and "Re-read under paper without recomputing" in result.output
+    reread = json.loads((tmp_path / "erasure" / "results.paper.json").read_text())
+    fresh = json.loads((tmp_path / "paper" / "results.json").read_text())
+    for key in ("clean", "attacks", "verdict", "failures"):
+        assert reread[key] == fresh[key], key
+    assert reread["config"] == fresh["config"] and reread["reread_from"] == "erasure"
+    html = (tmp_path / "erasure" / "report.paper.html").read_text(encoding="utf-8")
+    assert "so its re-read equals a fresh audit under paper" in _text(html)
+    assert "searched under erasure" not in _text(html)  # only fnaf-rs ran
+    _one_error(
+        runner.invoke(cli, ["report", str(tmp_path / "erasure"), "--criterion", "x"]),
+        2,
+        "unknown criterion",
+    )

@@ -72,11 +72,13 @@ def test_run_writes_all_files(audit):
     for name in ("records.jsonl", "records.csv", "results.json", "report.html"):
         assert (audit / name).stat().st_size > 0, name
     results = json.loads((audit / "results.json").read_text())
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2
     assert [m["name"] for m in results["models"]] == ["net.py:Net", "net.py:Net#2"]
     assert results["models"][0]["source_sha256"]
     assert set(results["attacks"]["net.py:Net"]) == {"fnaf-rs", "fnaf-fd", "fnaf-pgd"}
     assert results["config"]["candidates"] == 4
+    assert results["config"]["criterion"] == "erasure" and results["config"]["margin"] == 0.1
+    assert results["verdict"]["criterion"] == "erasure"
 
 
 def _close(a, b):
@@ -95,11 +97,22 @@ def test_results_equal_a_recount_from_records_csv(audit):
         assert agg["attack_rate"]["total"] == len(g)
         assert agg["ip_acceptance"]["count"] == int(g["accepted"].sum())
         assert agg["ip_acceptance"]["total"] == int(g["evaluated"].sum())
-        assert agg["control_rate"]["count"] == int(g["control_hit"].sum())
+        assert agg["criterion"] == "erasure" and agg["control_rate"] is None
+        # The hit column is the criterion's: erasure min(e, r0) >= margin.
+        hit = (g[["e", "r0"]].min(axis=1) >= 0.1) & g["found"]
+        assert (g["hit"] == hit).all()
+        assert g["score"].dropna().tolist() == pytest.approx(
+            g[["e", "r0"]].min(axis=1).dropna().tolist(), rel=1e-6
+        )
+        assert (g["e"] - (g["r0"] - g["r"])).abs().max() < 1e-6
         found = g[g["found"]]
-        assert _close(agg["loss"]["mean"], float(found["loss"].mean()))
+        for q in ("score", "r", "r0", "e", "rho", "loss"):
+            assert _close(agg[q]["mean"], float(found[q].mean())), q
         assert _close(agg["loss"]["q50"], float(found["loss"].median()))
-        assert _close(agg["rho"]["mean"], float(found["rho"].mean()))
+        # Every criterion's pick among the same candidates is in the CSV too.
+        for name in ("erasure", "recovery", "paper"):
+            assert {f"{name}:score", f"{name}:r", f"{name}:r0", f"{name}:loss"} <= set(g.columns)
+        assert (g["erasure:score"].fillna(-9) == g["score"].fillna(-9)).all()
         # Transfer: the share of this model's hits that also hit the other model.
         other = [c for c in g.columns if c.startswith("transfer_hit:")]
         for col in other:
@@ -134,7 +147,10 @@ def test_records_hold_features_that_replay(audit):
     row = df[df["found"]].iloc[0]
     feature = json.loads(row["feature"])
     assert len(feature["rows"]) == len(feature["values"]) >= 1
-    assert {"volume", "slice", "row", "col", "ip", "rho", "region_nmse"} <= set(df.columns)
+    columns = {"volume", "slice", "row", "col", "ip", "rho", "region_nmse", "r", "r0", "e"}
+    assert columns | {"loss", "score", "criterion"} <= set(df.columns)
+    fnaf = df[df["found"]]
+    assert fnaf[["r", "r0", "e", "rho", "loss", "ip"]].notna().all().all()
 
 
 def test_existing_output_is_never_silently_replaced(audit, singlecoil_dir, models):
@@ -155,8 +171,10 @@ def test_resume_recomputes_nothing_and_refuses_changed_config(tmp_path, singleco
     _run(tmp_path, singlecoil_dir, models, "--resume")
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["attacks"] == full["attacks"] and resumed["clean"] == full["clean"]
-    result = _run(tmp_path, singlecoil_dir, models, "--resume", "--threshold", "0.5", check=False)
-    assert result.exit_code == 2 and "threshold" in result.output
+    result = _run(tmp_path, singlecoil_dir, models, "--resume", "--margin", "0.5", check=False)
+    assert result.exit_code == 2 and "margin" in result.output
+    result = _run(tmp_path, singlecoil_dir, models, "--resume", "--criterion", "paper", check=False)
+    assert result.exit_code == 2 and "criterion" in result.output
 
 
 def test_max_attack_rate_sets_exit_status(tmp_path, singlecoil_dir, models):
@@ -181,12 +199,12 @@ def test_max_attack_rate_sets_exit_status(tmp_path, singlecoil_dir, models):
 
 def test_config_file_and_flags_combine(tmp_path, singlecoil_dir, models):
     cfg = tmp_path / "audit.toml"
-    cfg.write_text('candidates = 2\nthreshold = 0.5\nattacks = "fnaf-rs"\nseed = 7\n')
+    cfg.write_text('candidates = 2\nmargin = 0.5\nattacks = "fnaf-rs"\nseed = 7\n')
     result = _run(tmp_path, singlecoil_dir, models, "--config", str(cfg), "--candidates", "3")
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "audit" / "results.json").read_text())["config"]
     # The file sets threshold, seed and attacks... but --attacks on the command line wins.
-    assert config["threshold"] == 0.5 and config["seed"] == 7
+    assert config["margin"] == 0.5 and config["seed"] == 7
     assert config["candidates"] == 3
     assert config["attacks"] == ["fnaf-rs", "fnaf-fd", "fnaf-pgd"]
 
@@ -235,6 +253,41 @@ def test_model_name_with_script_tag_is_escaped(tmp_path, singlecoil_dir, models)
     html = (tmp_path / "x" / "report.html").read_text()
     assert "&lt;script&gt;x.py:Net" in html
     assert "<script" not in html
+
+
+@pytest.mark.parametrize(
+    "flags, phrase",
+    [
+        (["--criterion", "loudest"], "--criterion"),
+        (["--margin", "0"], "--margin"),
+        (["--margin", "1.5"], "--margin"),
+        (["--min-recovery", "-1"], "--min-recovery"),
+    ],
+)
+def test_bad_criterion_options_exit_2_before_any_work(
+    tmp_path, singlecoil_dir, models, flags, phrase
+):
+    result = _run(tmp_path, singlecoil_dir, models, *flags, check=False)
+    assert result.exit_code == 2 and phrase in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "audit").exists()
+
+
+def test_criterion_recovery_and_paper_end_to_end(tmp_path, singlecoil_dir, models):
+    """The hit column follows --criterion; paper has a control, the others do not."""
+    common = ("--max-volumes", "1", "--attacks", "fnaf-rs")
+    _run(tmp_path, singlecoil_dir, models, *common, "--criterion", "recovery", out="rec")
+    df = pd.read_csv(tmp_path / "rec" / "records.csv")
+    assert set(df["criterion"]) == {"recovery"}
+    hit = (df["r"] < 0.5) & (df["r0"] >= 0.1) & df["found"]
+    assert (df["hit"] == hit).all()
+    _run(tmp_path, singlecoil_dir, models, *common, "--criterion", "paper", out="pap")
+    results = json.loads((tmp_path / "pap" / "results.json").read_text())
+    agg = results["attacks"]["net.py:Net"]["fnaf-rs"]
+    assert agg["criterion"] == "paper" and agg["control_rate"]["total"] == 2
+    df = pd.read_csv(tmp_path / "pap" / "records.csv")
+    hit = (df["loss"] >= 1e-3) & (df["ip"] >= 1e-4) & df["found"]
+    assert (df["hit"] == hit).all()
 
 
 def test_unknown_attack_lists_known(tmp_path, singlecoil_dir, models):

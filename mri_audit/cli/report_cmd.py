@@ -1,4 +1,5 @@
-"""``mri-audit report``: (re-)render the HTML report of an audit from its ``results.json``."""
+"""``mri-audit report``: (re-)render the HTML report of an audit from its ``results.json``, or
+re-read the audit under another criterion or other thresholds without recomputing."""
 
 from __future__ import annotations
 
@@ -13,21 +14,74 @@ from mri_audit.errors import MriAuditError
     "--out",
     type=click.Path(dir_okay=False, path_type=str),
     default=None,
-    help="Where to write the HTML report (default: report.html beside results.json).",
+    help="Where to write the HTML report (default: report.html beside results.json, or "
+    "report.<criterion>.html for a re-read).",
+)
+@click.option(
+    "--criterion",
+    default=None,
+    metavar="erasure|recovery|paper",
+    help="Re-read the audit under this criterion from its journal (records.jsonl), without "
+    "recomputing; writes results.<criterion>.json and report.<criterion>.html.",
+)
+@click.option(
+    "--margin",
+    type=float,
+    default=None,
+    help="erasure: the margin δ in (0, 1] (default: the audit's).",
+)
+@click.option(
+    "--min-recovery",
+    type=float,
+    default=None,
+    help="recovery: r_min in (0, 1] (default: the audit's).",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="paper: τ, a finite number >= 0 (default: the audit's).",
 )
 @click.pass_context
-def report(ctx: click.Context, results: str, out: str | None) -> None:
+def report(
+    ctx: click.Context,
+    results: str,
+    out: str | None,
+    criterion: str | None,
+    margin: float | None,
+    min_recovery: float | None,
+    threshold: float | None,
+) -> None:
     """Render the self-contained HTML report of an audit.
 
     RESULTS is the audit's results.json or the audit folder holding it; records.csv and
     audit_images.npz are read from the same folder when present.
-    """
-    from mri_audit.report import render_report
 
+    With --criterion (or a threshold option alone, which keeps the audit's criterion) the audit
+    is re-read from its records: every record keeps each criterion's selection, and selection
+    never depends on the thresholds. fnaf-rs's re-read equals a fresh audit; fnaf-fd and
+    fnaf-pgd searched under the audit's own criterion, so their re-read is the best among the
+    candidates that search evaluated.
+    """
+    thresholds = {"margin": margin, "min_recovery": min_recovery, "threshold": threshold}
+    reread = criterion is not None or any(v is not None for v in thresholds.values())
     try:
-        path = render_report(results, out)
+        if not reread:
+            from mri_audit.report import render_report
+
+            click.echo(str(render_report(results, out)))
+            return
+        from mri_audit.report_reread import reread_audit
+        from mri_audit.tables import attack_table
+
+        path, json_path, reread_results = reread_audit(
+            results, criterion, out_path=out, **thresholds
+        )
     except MriAuditError as err:
         # Also one line when the command is invoked on its own, outside the mri-audit group.
         click.echo(f"Error: {err}", err=True)
         ctx.exit(err.exit_code)
+    click.echo(attack_table(reread_results))
+    click.echo(f"\nRe-read under {reread_results['config']['criterion']} without recomputing.")
+    click.echo(f"Wrote {json_path}")
     click.echo(str(path))

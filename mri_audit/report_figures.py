@@ -1,0 +1,207 @@
+"""The report's figure sections: per-slice plots, transfer and worst cases.
+
+Each function reads an :class:`~mri_audit.report.AuditInputs` (or its results) and returns plain
+display data with base64 PNG figures (:mod:`mri_audit.figures`, :mod:`mri_audit.score_figures`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mri_audit.report_method import SCORE_LABEL, num, rate, score_spec, window_box
+
+if TYPE_CHECKING:
+    from mri_audit.report import AuditInputs
+
+__all__ = ["record_figures", "transfer_section", "worst_cases"]
+
+
+def _frame_groups(frame) -> dict[tuple[str, str], Any]:
+    """FNAF records grouped by (model, attack), with numeric and boolean columns coerced."""
+    import pandas as pd
+
+    frame = frame.copy()
+    for col in ("score", "r", "r0", "e", "loss", "control", "ip", "rho", "row", "col"):
+        frame[col] = pd.to_numeric(frame.get(col), errors="coerce")
+    for col in ("hit", "found"):
+        frame[col] = frame[col].astype(str).str.strip().str.lower().isin(("true", "1", "1.0"))
+    if "kind" in frame:
+        frame = frame[frame["kind"].astype(str) == "fnaf"]
+    groups = {}
+    for (model, attack), rows in frame.groupby(["model", "attack"], sort=False):
+        groups[(str(model), str(attack))] = rows
+    return groups
+
+
+def record_figures(audit: AuditInputs) -> dict:
+    """The per-slice figures of the audit's records under its criterion.
+
+    Returns:
+        ``heatmap`` (hit locations), ``histogram`` (the criterion's score with its threshold)
+        and ``scatter`` (evidence ``r₀`` against recovery ``r``), base64 PNGs; empty when the
+        records hold no FNAF attack. Problems are added to ``audit.notes``.
+    """
+    from mri_audit import figures, score_figures
+
+    r, out, crit = audit.results, {}, audit.criterion
+    try:
+        groups = _frame_groups(audit.records)
+    except (KeyError, TypeError, ValueError) as err:
+        audit.notes.append(f"The records lack expected columns ({err}); per-slice plots omitted.")
+        return out
+    if not groups:
+        return out
+    mean = (audit.images or {}).get("mean_target")
+    shapes = (r.get("data") or {}).get("target_shapes") or []
+    shape = tuple(mean.shape) if mean is not None else (tuple(shapes[0]) if shapes else None)
+    titles = {key: f"{key[0]} · {key[1]}" for key in groups}
+    ncols = len({attack for _, attack in groups})  # one row per model
+    if shape is not None and r.get("window_fraction") is not None:
+        hits = {
+            titles[k]: (g["row"][g["hit"]].dropna(), g["col"][g["hit"]].dropna())
+            for k, g in groups.items()
+        }
+        window = window_box(r["window_fraction"], shape)
+        out["heatmap"] = figures.location_heatmaps(
+            hits, window=window, shape=shape, background=mean, ncols=ncols
+        )
+    else:
+        audit.notes.append("The target shape or window is unknown; location heatmaps omitted.")
+    found = {k: g[g["found"]] for k, g in groups.items()}
+    column, _, param, *_ = score_figures.HISTOGRAM[crit.name]
+    out["histogram"] = score_figures.score_histograms(
+        {
+            titles[k]: (g[column].to_numpy(), g["control"].to_numpy() if crit.has_control else None)
+            for k, g in found.items()
+        },
+        criterion=crit.name,
+        threshold=crit.params()[param],
+        ncols=ncols,
+    )
+    scatter: dict[str, dict] = {}
+    for (model, attack), g in found.items():
+        scatter.setdefault(model, {})[attack] = (
+            g["r0"].to_numpy(),
+            g["r"].to_numpy(),
+            g["hit"].to_numpy(),
+        )
+    out["scatter"] = score_figures.recovery_scatter(
+        scatter, criterion=crit.name, params=crit.params()
+    )
+    return out
+
+
+def transfer_section(results: dict, names: list[str]) -> tuple[list[dict], str | None]:
+    """The transfer tables (one per attack, and all attacks) and their heatmap figure."""
+    from mri_audit import figures
+
+    tables, panels = [], {}
+    transfer = results.get("transfer") or {}
+    keys = (["all"] if "all" in transfer else []) + [k for k in transfer if k != "all"]
+    for key in keys:
+        cells = transfer[key]
+        rates = np.full((len(names), len(names)), np.nan)
+        totals = np.zeros((len(names), len(names)))
+        rows = []
+        for i, src in enumerate(names):
+            row = []
+            for j, tgt in enumerate(names):
+                w = (cells.get(src) or {}).get(tgt)
+                if w and w.get("value") is not None:
+                    rates[i, j], totals[i, j] = w["value"], w["total"]
+                row.append(None if src == tgt else rate(w))
+            rows.append({"source": src, "cells": row})
+        title = "all FNAF attacks" if key == "all" else key
+        tables.append({"title": title, "targets": names, "rows": rows})
+        panels[title] = (names, names, rates, totals)
+    return tables, (figures.transfer_heatmaps(panels) if panels else None)
+
+
+def _hit(criterion, case: dict) -> bool:
+    """``criterion``'s hit rule on the quantities of one stored feature."""
+    import torch
+
+    q = {
+        k: torch.tensor([math.nan if case.get(k) is None else float(case[k])])
+        for k in ("r", "r0", "e", "loss", "ip")
+    }
+    return bool(criterion.hit(q)[0])
+
+
+def _replays(frame, case: dict, names: list[str]) -> dict[str, tuple]:
+    """(r, e, hit) of the case's feature replayed on each other model, from the records."""
+    if frame is None or not len(names) > 1:
+        return {}
+    try:
+        rows = frame[
+            (frame["model"].astype(str) == str(case["model"]))
+            & (frame["attack"].astype(str) == str(case["attack"]))
+            & (frame["volume"].astype(str) == str(case["volume"]))
+            & (frame["slice"].astype(int) == int(case["slice"]))
+        ]
+    except (KeyError, TypeError, ValueError):
+        return {}
+    out = {}
+    for name in names[1:]:
+        cols = [f"transfer_{q}:{name}" for q in ("r", "e", "hit")]
+        if len(rows) != 1 or any(c not in rows for c in cols):
+            continue
+        r, e, hit = (rows[c].iloc[0] for c in cols)
+        out[name] = (r, e, str(hit).strip().lower() in ("true", "1", "1.0"))
+    return out
+
+
+def worst_cases(audit: AuditInputs, names: list[str]) -> list[dict]:
+    """Caption and figure of each stored worst case.
+
+    The cases are the audit criterion's selections. Their hit label is re-derived when the report
+    reads the audit under the same criterion (thresholds may differ), and kept, with the audit's
+    criterion named, otherwise. Each model panel is titled with its ``r``, ``e`` and hit label
+    (the other models' from the transfer replays in the records, where present).
+    """
+    from mri_audit import figures
+
+    out, crit, images = [], audit.criterion, audit.images
+    for i, case in enumerate(audit.results.get("worst_cases") or []):
+        own = case.get("criterion") or audit.reread_from or crit.name
+        hit = _hit(crit, case) if own == crit.name else bool(case.get("hit"))
+        caption = {k: case.get(k) for k in ("model", "attack", "volume", "slice")}
+        caption |= {
+            "r": num(case.get("r"), ".3f"),
+            "r0": num(case.get("r0"), ".3f"),
+            "e": num(case.get("e"), ".3f"),
+            "rho": num(case.get("rho"), ".3f"),
+            "score": num(case.get("score"), score_spec(own)),
+            "score_label": SCORE_LABEL.get(own, "score"),
+            "criterion": own,
+            "hit": hit,
+        }
+        keys = [f"case{i}_zero_filled", f"case{i}_target"]
+        keys += [f"case{i}_model{j}" for j in range(len(names))]
+        feature = case.get("feature") or {}
+        figure = None
+        if images is not None and all(k in images for k in keys) and feature.get("rows"):
+            label = "hit" if hit else "no hit"
+            titles = [
+                f"zero-filled input\nr₀ = {caption['r0']}",
+                "ground truth + feature",
+                f"{names[0]}\nr = {caption['r']}, e = {caption['e']} · {label}",
+            ]
+            replays = _replays(audit.records, case, names) if own == crit.name else {}
+            for name in names[1:]:
+                if name in replays:
+                    r, e, other = replays[name]
+                    rr, ee = num(float(r), ".3f"), num(float(e), ".3f")
+                    titles.append(f"{name}\nr = {rr}, e = {ee} · {'hit' if other else 'no hit'}")
+                else:
+                    titles.append(name)
+            figure = figures.worst_case_panel(
+                [(t, images[k]) for t, k in zip(titles, keys, strict=True)],
+                rows=feature["rows"],
+                cols=feature["cols"],
+            )
+        out.append({"index": i + 1, "caption": caption, "figure": figure})
+    return out
