@@ -94,6 +94,7 @@ class FiniteDifference(FnafAttack):
         probe_r, probe_c = here.clone(), here.clone()
         grad_r = torch.zeros_like(pos_r)
         grad_c = torch.zeros_like(pos_c)
+        moved_r = torch.zeros_like(pos_r)
         all_features, all_scores = [start], [scores]
         for k in range(1, max(budgets)):
             idx = (budget > k).nonzero().squeeze(1)
@@ -112,11 +113,14 @@ class FiniteDifference(FnafAttack):
             value = key(s)
             if phase == 0:
                 probe_r[idx] = value
+                # The probe's real offset (the window may have clamped the fresh feature).
+                moved_r[idx] = torch.sign(f.rows[:, 0] - pos_r[idx])
             elif phase == 1:
                 probe_c[idx] = value
-                # Sign of the forward difference, oriented by the probe's direction.
-                grad_r[idx] = (torch.sign(probe_r[idx] - here[idx]) * torch.sign(hr[idx])).long()
-                grad_c[idx] = (torch.sign(value - here[idx]) * torch.sign(hc[idx])).long()
+                moved_c = torch.sign(f.cols[:, 0] - pos_c[idx])
+                # Sign of the forward difference, oriented by the probe's direction (0: none).
+                grad_r[idx] = (torch.sign(probe_r[idx] - here[idx]) * moved_r[idx]).long()
+                grad_c[idx] = (torch.sign(value - here[idx]) * moved_c).long()
             else:
                 pos_r[idx], pos_c[idx] = f.rows[:, 0], f.cols[:, 0]
                 here[idx] = value

@@ -22,8 +22,11 @@ def candidate_grid(ctx: SliceContext, count: int, first: int = 0):
 
 
 class RandomSearch(FnafAttack):
-    """Draw ``candidates`` random-walk features per slice; the criterion's best admissible one is
-    kept (by :meth:`FnafAttack.attack`)."""
+    """Random search: draw ``candidates`` random-walk features per slice, keep the best.
+
+    The criterion's best admissible candidate is selected by :meth:`FnafAttack.attack`; the
+    candidates themselves do not depend on the criterion.
+    """
 
     name = "fnaf-rs"
 

@@ -233,17 +233,30 @@ class FnafAttack(EvasionAttack):
             features, scores = self._search(ctx, engine)
             counts = None
             if engine.precision != "fp32":
-                # Reduced precision finds the candidates; the reported scores are fp32. Each
-                # criterion's pick is rescored (so a re-read under another criterion is too).
-                si = features.slice_index
-                picks = [
-                    select_best(c.key(scores), si, ctx.num_slices) for c in self.criteria.values()
-                ]
-                keep = torch.cat([p.index[p.found] for p in picks]).unique()
-                counts = (picks[0].evaluated, self._control(ctx, si, scores.control))
-                features = features.take(keep)
-                scores = engine.full_precision().evaluate(ctx, features)
+                features, scores, counts = self._rescore(ctx, engine, features, scores)
         return self._finish(ctx, features, scores, counts)
+
+    def _rescore(self, ctx: SliceContext, engine: FnafEngine, features, scores):
+        """Reduced precision finds the candidates; the reported scores are fp32.
+
+        Each criterion's two best candidates per slice are rescored in fp32 (so a re-read under
+        another criterion is rescored too, and a refinement that reduced precision ranked above
+        its start cannot report less than the start). Counts come from the whole search.
+        """
+        si = features.slice_index
+        keep, accepted = [], {}
+        for name, crit in self.criteria.items():
+            key = crit.key(scores)
+            first = select_best(key, si, ctx.num_slices)
+            second = select_best(
+                key.index_fill(0, first.index[first.found], -float("inf")), si, ctx.num_slices
+            )
+            keep += [first.index[first.found], second.index[second.found]]
+            accepted[name] = first.accepted
+        control = self._control(ctx, si, scores.control)
+        keep = torch.cat(keep).unique()
+        rescored = engine.full_precision().evaluate(ctx, features.take(keep))
+        return features.take(keep), rescored, (first.evaluated, control, accepted)
 
     @staticmethod
     def _control(ctx: SliceContext, slice_index: torch.Tensor, control: torch.Tensor):
@@ -264,8 +277,9 @@ class FnafAttack(EvasionAttack):
             evaluated = evaluated.index_add(0, si, torch.ones_like(si))
             control = self._control(ctx, si, scores.control)
         else:
-            evaluated, control = counts
-        paper = self.criteria["paper"]
+            evaluated, control, accepted = counts
+            picks = {n: p._replace(accepted=accepted[n]) for n, p in picks.items()}
+            main = picks[self.criterion]
         return AttackResult(
             criterion=self.criterion,
             features=features.take(main.index),
@@ -274,7 +288,7 @@ class FnafAttack(EvasionAttack):
             score=main.score,
             scores=main.scores,
             control=control,
-            control_hit=paper.control_hit(control),
+            control_hit=self.rule.control_hit(control),
             evaluated=evaluated,
             accepted=main.accepted,
             picks=picks,

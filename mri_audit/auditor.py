@@ -384,7 +384,9 @@ class Auditor:
                     continue
                 values: list = [None] * ctx.num_slices
                 if found.numel():
-                    scores = self.engines[m.name].evaluate(ctx, result.features.take(found))
+                    # Replays are scored in fp32, as the records they are compared with.
+                    engine = self.engines[m.name].full_precision()
+                    scores = engine.evaluate(ctx, result.features.take(found))
                     host = {q: getattr(scores, q).tolist() for q in QUANTITIES}
                     host["score"] = rule.score(scores).tolist()
                     host["hit"] = rule.hit(scores).tolist()

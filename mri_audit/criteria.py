@@ -48,8 +48,10 @@ QUANTITIES = ("r", "r0", "e", "rho", "loss", "ip", "region_nmse")
 
 
 def _get(q: Any, name: str) -> torch.Tensor:
+    """A quantity as float64: the device's float32 values and the records' floats then meet the
+    thresholds the same way (a re-read equals a fresh audit, even at the threshold itself)."""
     value = q[name] if isinstance(q, Mapping) else getattr(q, name)
-    return torch.as_tensor(value, dtype=torch.float64) if not torch.is_tensor(value) else value
+    return torch.as_tensor(value).to(torch.float64)
 
 
 def _finite(*xs: torch.Tensor) -> torch.Tensor:
@@ -210,7 +212,7 @@ class Paper(Criterion):
         return self.admissible(q) & (_get(q, "loss") >= self.threshold)
 
     def control_hit(self, control: torch.Tensor) -> torch.Tensor:
-        control = torch.as_tensor(control)
+        control = torch.as_tensor(control).to(torch.float64)
         return torch.isfinite(control) & (control >= self.threshold)
 
 

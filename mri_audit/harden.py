@@ -65,6 +65,7 @@ class HardenConfig:
     ssim_tolerance: float = 0.01
     nmse_tolerance: float | None = None
     criterion: str = "erasure"
+    threat_model: int = 2  # FNAF threat model version of the validation rates (DESIGN §4)
     margin: float = 0.1
     min_recovery: float = 0.5
     threshold: float = 1e-3
@@ -337,7 +338,8 @@ class Trainer:
         state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
         if state.get("format") != "mri-audit-harden-1":
             raise ValueError(f"{self.checkpoint} is not an mri-audit harden checkpoint")
-        saved = {**HardenConfig().to_dict(), **state["config"]}  # older files lack newer keys
+        # Older files lack newer keys; one without a threat-model version counted version-1 hits.
+        saved = {**HardenConfig().to_dict(), "threat_model": 1, **state["config"]}
         if saved != self.config.to_dict():
             diff = sorted(k for k in saved if saved[k] != self.config.to_dict().get(k))
             raise ValueError(f"the checkpoint was made with other settings ({', '.join(diff)})")

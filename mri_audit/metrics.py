@@ -320,9 +320,12 @@ def fnaf_region(support: torch.Tensor) -> torch.Tensor:
 
 
 def region_loss(recon: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """The FNAF paper's loss ``Σ_{p∈Ω} (recon_p − target_p)² / (H·W)``.
+    """The FNAF paper's loss in its version-1 form, ``Σ_{p∈Ω} (recon_p − target_p)² / (H·W)``.
 
-    Inputs are expected in normalised units (per-slice target mean/std).
+    Inputs are expected in normalised units (per-slice target mean/std). Divided by the image's
+    own area, it depends on the image size; the audit's ``paper`` criterion divides by the fixed
+    320² reference area instead (:data:`mri_audit.criteria.REFERENCE_AREA`), so its ``L`` equals
+    this times ``H·W / 320²``.
 
     Shape:
         recon, target, region: ``(B, H, W)`` (region bool or 0/1 float); returns ``(B,)``.

@@ -117,8 +117,11 @@ def load_audit(results_path: str | Path, *, journal: list[dict] | None = None) -
 def _load_csv_records(audit: AuditInputs, records: Path) -> None:
     import pandas as pd
 
+    from mri_audit.results import spreadsheet_unsafe
+
     try:
-        audit.records = pd.read_csv(records, dtype={"model": str, "attack": str, "volume": str})
+        frame = pd.read_csv(records, dtype={"model": str, "attack": str, "volume": str})
+        audit.records = spreadsheet_unsafe(frame)
     except FileNotFoundError:
         audit.notes.append(
             f"{records.name} was not found beside {audit.path.name}: the location heatmaps, score "

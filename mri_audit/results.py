@@ -31,6 +31,8 @@ __all__ = [
     "atomic_write",
     "write_json",
     "write_csv",
+    "spreadsheet_safe",
+    "spreadsheet_unsafe",
 ]
 
 SCHEMA_VERSION = 2
@@ -346,5 +348,46 @@ def write_json(path: str | Path, obj: dict) -> None:
     atomic_write(path, (text + "\n").encode("utf-8"))
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells a spreadsheet would run as a formula (starting with ``= + - @``, tab or CR)
+    get a leading ``'``; numbers, negative ones included, stay plain numbers."""
+    frame = frame.copy()
+    for col in _text_columns(frame):
+        frame[col] = frame[col].map(
+            lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+        )
+    return frame
+
+
+def _text_columns(frame: pd.DataFrame) -> list:
+    types = pd.api.types
+    return [
+        c
+        for c in frame.columns
+        if not (types.is_numeric_dtype(frame[c]) or types.is_bool_dtype(frame[c]))
+    ]
+
+
+def spreadsheet_unsafe(frame: pd.DataFrame) -> pd.DataFrame:
+    """The inverse of :func:`spreadsheet_safe` (for reading ``records.csv`` back)."""
+    frame = frame.copy()
+    for col in _text_columns(frame):
+        frame[col] = frame[col].map(
+            lambda v: (
+                v[1:]
+                if isinstance(v, str) and v.startswith("'") and v[1:].startswith(_FORMULA_START)
+                else v
+            )
+        )
+    return frame
+
+
 def write_csv(path: str | Path, records: Sequence[dict]) -> None:
-    atomic_write(path, records_frame(records).to_csv(index=False).encode("utf-8"))
+    """``records.csv``: one row per record, spreadsheet-safe (:func:`spreadsheet_safe`)."""
+    frame = spreadsheet_safe(records_frame(records))
+    # CRLF rows (RFC 4180): a CR or LF inside a text cell is then quoted, never a row break.
+    text = frame.to_csv(index=False, lineterminator="\r\n")
+    atomic_write(path, text.encode("utf-8"))

@@ -93,6 +93,24 @@ def test_pgd_at_least_as_strong_as_its_start(slices):
         assert float(pgd.score.mean()) > float(rs.score.mean())
 
 
+def test_pgd_never_below_rs_in_reduced_precision(slices):
+    ctx = context(slices)
+    est = estimator(TinyUnetish(), ctx.target_shape)
+    for criterion in ("erasure", "recovery", "paper"):
+        engine = FnafEngine(est, batch_size=8, precision="bf16")
+        rs = load_attack("fnaf-rs")(est, criterion=criterion).attack(ctx, engine)
+        pgd = load_attack("fnaf-pgd")(est, criterion=criterion).attack(ctx, engine)
+        ok = rs.found
+        assert bool((pgd.score[ok] >= rs.score[ok] - 1e-9).all()), criterion
+
+
+def test_control_only_under_paper(slices):
+    ctx = context(slices)
+    est = estimator(Blur(9), ctx.target_shape)
+    for criterion in ("erasure", "recovery"):
+        assert not bool(run("fnaf-rs", est, ctx, criterion=criterion).control_hit.any())
+
+
 def test_fd_uses_the_same_budget_as_rs(slices):
     ctx = context(slices)
     est = estimator(TinyUnetish(), ctx.target_shape)
@@ -317,5 +335,12 @@ def test_reduced_precision_search_reports_fp32_scores(name, slices):
     torch.testing.assert_close(res.loss, exact.loss, rtol=1e-6, atol=1e-12)
     torch.testing.assert_close(res.r, exact.r, rtol=1e-6, atol=1e-9)
     assert bool((res.evaluated == 11).all())
+    # Counts come from the whole search, not from the few candidates rescored in fp32.
+    fp32 = load_attack(name)(est, batch_size=8, criterion="paper").attack(ctx)
+    bf16 = load_attack(name)(est, batch_size=8, criterion="paper").attack(
+        ctx, FnafEngine(est, batch_size=8, precision="bf16")
+    )
+    assert torch.equal(bf16.accepted, fp32.accepted)  # D needs no model: same admissible set
+    assert bool((bf16.picks["erasure"].accepted == 11).all())
     with pytest.raises(ValueError, match="precision"):
         FnafEngine(est, precision="fp8")

@@ -405,7 +405,10 @@ def test_criteria_work_on_batches_of_any_shape():
     r = torch.tensor([[0.05, -0.2], [0.0, 0.45]])
     q = {"r": r, "r0": r0, "e": r0 - r}
     torch.testing.assert_close(
-        Erasure().score(q), torch.tensor([[0.25, 0.3], [0.05, 0.05]]), atol=1e-6, rtol=0
+        Erasure().score(q),
+        torch.tensor([[0.25, 0.3], [0.05, 0.05]], dtype=torch.float64),
+        atol=1e-6,
+        rtol=0,
     )
     assert Erasure().hit(q).tolist() == [[True, True], [False, False]]
     assert Recovery().hit(q).tolist() == [[True, True], [False, True]]

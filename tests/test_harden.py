@@ -354,6 +354,19 @@ def test_checkpoint_without_newer_settings_still_resumes(tmp_path, singlecoil_di
     assert resumed.epoch == 1 and resumed.blends is None
 
 
+def test_checkpoint_of_threat_model_1_is_refused(tmp_path, singlecoil_dir):
+    """Its validation rates counted version-1 hits: mixing them in would be a wrong figure."""
+    trainer = _trainer(tmp_path, singlecoil_dir, _model(), epochs=1, steps=1)
+    trainer.fit()
+    state = torch.load(tmp_path / "w.pt.ckpt", weights_only=True)
+    assert state["config"]["threat_model"] == 2 and state["config"]["criterion"] == "erasure"
+    del state["config"]["threat_model"], state["config"]["criterion"], state["config"]["margin"]
+    torch.save(state, tmp_path / "w.pt.ckpt")
+    resumed = _trainer(tmp_path, singlecoil_dir, _model(), epochs=1, steps=1)
+    with pytest.raises(ValueError, match="threat_model"):
+        resumed.load_checkpoint()
+
+
 def test_cli_interpolate_prints_and_records_the_blends(tmp_path, singlecoil_dir):
     result = CliRunner().invoke(cli, _cli_args(tmp_path, singlecoil_dir, "--interpolate", "2"))
     assert result.exit_code == 0, result.output
@@ -384,3 +397,13 @@ def test_card_gets_the_before_after_audit_and_sha256(tmp_path):
     assert got["sha256"] == hashlib.sha256(b"weights").hexdigest()
     assert got["before_after_audit"] == {"clean": results["clean"], "attacks": results["attacks"]}
     assert got["kind"] == "harden"
+
+
+def test_cli_criterion_reaches_the_card_and_bad_margin_exits_2(tmp_path, singlecoil_dir):
+    args = _cli_args(tmp_path, singlecoil_dir, "--criterion", "recovery")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "robust.pt.json").read_text())
+    assert card["config"]["criterion"] == "recovery" and card["config"]["threat_model"] == 2
+    bad = CliRunner().invoke(cli, _cli_args(tmp_path, singlecoil_dir, "--margin", "0"))
+    assert bad.exit_code == 2 and "--margin" in bad.output

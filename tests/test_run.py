@@ -404,3 +404,28 @@ def test_model_failures_are_isolated_and_reported(tmp_path, singlecoil_dir):
     assert failures["errors"] + audited == 4
     assert failures["errors"] >= 1
     assert all("RuntimeError" in f["reason"] for f in failures["slices"])
+
+
+def test_records_csv_is_spreadsheet_safe(tmp_path):
+    """Formula-looking text gets a leading quote; numbers (negative ones too) stay numbers;
+    the report reads the names back unchanged."""
+    from mri_audit.report import AuditInputs, _load_csv_records
+    from mri_audit.results import write_csv
+
+    records = [
+        {"model": '=HYPERLINK("x")', "attack": "fnaf-rs", "volume": "-2+3", "slice": 0,
+         "e": -0.25, "r": 0.5, "hit": False, "note": "@sum", "ok": "plain"},
+        {"model": "+cmd", "attack": "fnaf-rs", "volume": "\tv", "slice": 1,
+         "e": 0.1, "r": -1.0, "hit": True, "note": "\rx", "ok": "a-b"},
+    ]  # fmt: skip
+    path = tmp_path / "records.csv"
+    write_csv(path, records)
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert raw["model"].tolist() == ['\'=HYPERLINK("x")', "'+cmd"]
+    assert raw["volume"].tolist() == ["'-2+3", "'\tv"]
+    assert raw["note"].tolist() == ["'@sum", "'\rx"] and raw["ok"].tolist() == ["plain", "a-b"]
+    assert raw["e"].tolist() == ["-0.25", "0.1"] and raw["r"].tolist() == ["0.5", "-1.0"]
+    audit = AuditInputs(tmp_path / "results.json", {})
+    _load_csv_records(audit, path)
+    assert audit.records["model"].tolist() == ['=HYPERLINK("x")', "+cmd"]
+    assert audit.records["e"].tolist() == [-0.25, 0.1]

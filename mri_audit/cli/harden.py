@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mri_audit.cli.options import device_option, model_options
+from mri_audit.cli.options import criterion_option, device_option, margin_option, model_options
 from mri_audit.errors import ModelError, UsageError
 
 
@@ -107,6 +107,8 @@ def _steps_range(value: str) -> tuple[int, int]:
     show_default=True,
     help="Keep epochs whose validation SSIM is within this of the starting model's.",
 )
+@criterion_option
+@margin_option
 @click.option(
     "--nmse-tolerance",
     type=click.FloatRange(min=0),

@@ -96,6 +96,8 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         amp=opts["amp"],
         ssim_tolerance=opts["ssim_tolerance"],
         nmse_tolerance=opts.get("nmse_tolerance"),
+        criterion=opts.get("criterion", "erasure"),
+        margin=opts.get("margin", 0.1),
         interpolate=opts.get("interpolate") or 0,
     )
     out = Path(opts["out"])

@@ -132,3 +132,26 @@ def check_acceleration(accel: float, center_fraction: float | None) -> None:
         raise UsageError(f"--accel must be >= 1 (1 = fully sampled), got {accel:g}")
     if center_fraction is not None and not 0 < center_fraction <= 1:
         raise UsageError(f"--center-fraction must be in (0, 1], got {center_fraction:g}")
+
+
+criterion_option = click.option(
+    "--criterion",
+    type=click.Choice(["erasure", "recovery", "paper"]),
+    default="erasure",
+    show_default=True,
+    help="What counts as a lost feature. erasure: the model removes at least --margin of the "
+    "feature that the undersampled data carries (e = r0 - r); recovery: the model shows it at "
+    "less than --min-recovery of its contrast while the data carries at least 0.1 (r < r_min, "
+    "r0 >= 0.1); paper: the MIDL 2020 loss L >= --threshold with IP D >= --ip-epsilon, over a "
+    "fixed 320x320 area. Attacks maximise the criterion's score; every record keeps r, r0, e, "
+    "rho, L and D, so `mri-audit report --criterion` can re-read the audit.",
+)
+
+margin_option = click.option(
+    "--margin",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="δ of --criterion erasure: a hit when the model removes at least this share of the "
+    "feature's contrast that the data carries.",
+)
