@@ -62,8 +62,12 @@ def init_distributed(device_spec: str) -> tuple[DistEnv, torch.device]:
     return DistEnv(rank, world, local), device
 
 
-def shutdown(env: DistEnv) -> None:
+def shutdown(env: DistEnv, *, wait: bool = False) -> None:
+    """Leave the process group; with ``wait`` (a clean finish), first wait for every rank, so no
+    rank tears the group down while rank 0 is still writing (a torn group aborts the others)."""
     if env.enabled and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

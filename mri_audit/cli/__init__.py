@@ -20,6 +20,12 @@ class AuditGroup(click.Group):
         except MriAuditError as err:
             click.echo(f"Error: {err}", err=True)
             ctx.exit(err.exit_code)
+        except click.UsageError as err:
+            # A bad option of a command: one line naming it (and where to read more), exit 2.
+            sub = err.ctx.command_path if err.ctx is not None else ctx.command_path
+            message = " ".join(err.format_message().split())
+            click.echo(f"Error: {message} (see '{sub} --help')", err=True)
+            ctx.exit(err.exit_code)
 
 
 @click.group(cls=AuditGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -45,10 +45,13 @@ def execute(opts: dict, command_line: list[str] | None = None) -> int:
     from mri_audit.distributed import init_distributed, shutdown
 
     env, device = init_distributed(opts["device"])
+    finished = False
     try:
-        return _execute(opts, env, device, command_line or ["mri-audit", "harden"])
+        code = _execute(opts, env, device, command_line or ["mri-audit", "harden"])
+        finished = True
+        return code
     finally:
-        shutdown(env)
+        shutdown(env, wait=finished)
 
 
 def _execute(opts: dict, env, device, command_line: list[str]) -> int:

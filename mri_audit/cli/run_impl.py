@@ -143,10 +143,13 @@ def execute(opts: dict, command_line: list[str]) -> int:
     from mri_audit.distributed import init_distributed, shutdown
 
     env, device = init_distributed(opts["device"])
+    finished = False
     try:
-        return _execute(opts, command_line, env, device)
+        code = _execute(opts, command_line, env, device)
+        finished = True
+        return code
     finally:
-        shutdown(env)
+        shutdown(env, wait=finished)
 
 
 def _execute(opts: dict, command_line: list[str], env, device) -> int:
