@@ -42,7 +42,9 @@ def num(v: float | None, spec: str = ".2e") -> str:
     """A number formatted with ``spec``, or ``n/a`` for None / non-finite."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
-    return format(v, spec)
+    text = format(v, spec)
+    # A value that rounds to zero is shown as 0, not -0 (e of zero-filling is -1e-7, not < 0).
+    return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text
 
 
 def rate(r: dict | None, limit: float | None = None) -> dict:
