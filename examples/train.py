@@ -246,6 +246,15 @@ def _kept_line(cfg: dict[str, Any], best: dict[str, Any]) -> str:
     return f"- kept {what}: the lowest validation `fnaf-rs` attack rate among {among} with {within}"
 
 
+def _criterion_words(cfg: dict) -> str:
+    """The validation criterion of a harden card (cards without one used threat model 1)."""
+    if "criterion" not in cfg:
+        return "threat model version 1: the paper's loss"
+    if cfg["criterion"] == "erasure":
+        return f"erasure, δ = {cfg.get('margin', 0.1):g}"
+    return cfg["criterion"]
+
+
 def _harden_section(name: str, card: dict[str, Any]) -> str:
     """The README section of a ``mri-audit harden`` card (``<weights>.json`` beside the weights)."""
     cfg, summary = card["config"], card["summary"]
@@ -264,7 +273,7 @@ def _harden_section(name: str, card: dict[str, Any]) -> str:
         f"- command: `{card.get('command', 'mri-audit harden ...')}`",
         _kept_line(cfg, best),
         "",
-        "| | SSIM | NMSE | fnaf-rs attack rate |",
+        f"| | SSIM | NMSE | fnaf-rs attack rate ({_criterion_words(cfg)}) |",
         "|---|---|---|---|",
         f"| before | {start['ssim']:.4f} | {start['nmse']:.5f} | {start['attack_rate']:.1%} |",
         f"| after | {best['ssim']:.4f} | {best['nmse']:.5f} | {best['attack_rate']:.1%} |",
