@@ -189,8 +189,9 @@ def _verdict(results: dict, criterion) -> dict:
     worst, limit = v.get("worst"), v.get("max_attack_rate")
     by_attack = results["attacks"].get((worst or {}).get("model")) or {}
     ci = rate((by_attack.get((worst or {}).get("attack")) or {}).get("attack_rate"))
-    status = {True: "pass", False: "fail"}.get(v.get("passed"), "none")
-    label = {"pass": "PASS", "fail": "FAIL"}.get(status, "NO THRESHOLD" if worst else "NO RESULT")
+    status = v.get("status") or {True: "pass", False: "fail"}.get(v.get("passed"), "none")
+    labels = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}
+    label = labels.get(status, "NO THRESHOLD" if worst else "NO RESULT")
     limit = None if limit is None else pct(limit)
     return dict(
         status=status,
@@ -201,6 +202,7 @@ def _verdict(results: dict, criterion) -> dict:
         limit=limit,
         criterion=criterion.name,
         rule=criterion.describe(),
+        reason=v.get("reason", ""),
     )
 
 
@@ -268,6 +270,7 @@ def build_context(audit: AuditInputs) -> dict:
         "reread": _reread(audit),
         "clean": clean,
         "attack_rows": _attack_rows(r, r["verdict"].get("max_attack_rate"), crit.name),
+        "paired": [p | {"p_value": num(p.get("p_value"), ".3g")} for p in (r.get("paired") or [])],
         "score_label": SCORE_LABEL[crit.name],
         "figures": figs,
         "transfer_tables": transfer_tables,

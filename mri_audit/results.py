@@ -21,6 +21,8 @@ import torch
 from mri_audit.criteria import QUANTITIES, Criterion
 from mri_audit.errors import DataError
 from mri_audit.journal import to_jsonable
+from mri_audit.stats import clustered_rate, wilson
+from mri_audit.verdict import gate, paired_comparisons
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -38,24 +40,6 @@ __all__ = [
 SCHEMA_VERSION = 2
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 FAILURE_KINDS = ("skipped", "error")
-
-
-def wilson(successes: int, trials: int, z: float = 1.959964) -> dict:
-    """A rate with its 95% Wilson score interval."""
-    if trials == 0:
-        return {"value": None, "low": None, "high": None, "count": 0, "total": 0}
-    p = successes / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return {
-        "value": p,
-        # Exact at the ends (rounding must not leave the rate outside its own interval).
-        "low": 0.0 if successes == 0 else max(0.0, centre - half),
-        "high": 1.0 if successes == trials else min(1.0, centre + half),
-        "count": successes,
-        "total": trials,
-    }
 
 
 def _summary(values: Iterable[float | None]) -> dict:
@@ -180,11 +164,13 @@ def _attack(rows: Sequence[dict], criterion: Criterion | None = None) -> dict:
         "criterion": rows[0].get("criterion"),
         "slices": n,
         "found": len(found),
-        "attack_rate": wilson(sum(bool(r["hit"]) for r in rows), n),
+        "attack_rate": clustered_rate([r["hit"] for r in rows], [r["volume"] for r in rows]),
         "ip_acceptance": wilson(
             sum(r["accepted"] for r in rows), sum(r["evaluated"] for r in rows)
         ),
-        "control_rate": wilson(sum(bool(r["control_hit"]) for r in rows), n)
+        "control_rate": clustered_rate(
+            [r["control_hit"] for r in rows], [r["volume"] for r in rows]
+        )
         if has_control
         else None,
         "score": _summary(r.get("score") for r in found),
@@ -234,25 +220,18 @@ def aggregate(
         m: {a: _attack(rows, criterion) for a, rows in by.items()} for m, by in groups.items()
     }
     primary = primary or next(iter(groups), None)
-    worst = None
-    for attack, agg in attacks.get(primary, {}).items():
-        rate = (agg.get("attack_rate") or {}).get("value")
-        if rate is not None and (worst is None or rate > worst["attack_rate"]):
-            worst = {"model": primary, "attack": attack, "attack_rate": rate}
     verdict = {
         "model": primary,
         "criterion": criterion.name,
         **criterion.params(),
         "max_attack_rate": max_attack_rate,
-        "worst": worst,
-        "passed": None
-        if max_attack_rate is None or worst is None
-        else bool(worst["attack_rate"] <= max_attack_rate),
+        **gate(attacks, primary, max_attack_rate),
     }
     return {
         "clean": _clean(records),
         "attacks": attacks,
         "transfer": _transfer(records),
+        "paired": paired_comparisons(records),
         "verdict": verdict,
         "failures": _failures(failures),
     }

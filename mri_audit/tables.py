@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["attack_table", "rate"]
+__all__ = ["attack_table", "paired_table", "rate"]
 
 
 def rate(r: dict | None) -> str:
@@ -63,4 +63,23 @@ def attack_table(results: dict) -> str:
                 mean = (a.get("loss") or {}).get("mean")
                 line += f"{(f'{mean:.2e}' if mean is not None else 'n/a'):>11}"
             lines.append(line)
+    lines += paired_table(results.get("paired") or [])
     return "\n".join(lines)
+
+
+def paired_table(paired: list[dict]) -> list[str]:
+    """Console lines of the paired comparisons (none for a single model)."""
+    if not paired:
+        return []
+    wa = max(len("model A"), *(len(p["a"]) for p in paired)) + 2
+    wb = max(len("model B"), *(len(p["b"]) for p in paired)) + 2
+    head = f"{'attack':<12}{'model A':<{wa}}{'model B':<{wb}}{'slices':>7}{'both':>6}"
+    head += f"{'A only':>8}{'B only':>8}{'neither':>9}{'McNemar p':>11}"
+    out = ["", "paired comparisons (the same slices; exact McNemar test on the discordant ones)"]
+    out += [head, "-" * len(head)]
+    for p in paired:
+        out.append(
+            f"{p['attack']:<12}{p['a']:<{wa}}{p['b']:<{wb}}{p['slices']:>7}{p['both']:>6}"
+            f"{p['a_only']:>8}{p['b_only']:>8}{p['neither']:>9}{p['p_value']:>11.3g}"
+        )
+    return out

@@ -378,7 +378,7 @@ def test_no_fnaf_attack_result(tmp_path):
     results = build_audit_folder(tmp_path, records=False, images=False, slices=2)
     res = json.loads(results.read_text())
     res["attacks"] = {m: {"kspace-pgd": a["kspace-pgd"]} for m, a in res["attacks"].items()}
-    res["verdict"].update(worst=None, passed=None)
+    res["verdict"].update(worst=None, passed=None, status="none")
     res["transfer"], res["worst_cases"] = {}, []
     results.write_text(json.dumps(res))
     html = render_report(results).read_text(encoding="utf-8")

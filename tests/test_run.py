@@ -197,6 +197,52 @@ def test_max_attack_rate_sets_exit_status(tmp_path, singlecoil_dir, models):
     assert ok.exit_code == 0
 
 
+@pytest.mark.parametrize(
+    "extra, limit, code, status",
+    [
+        ((), "0.5", 0, "PASS"),  # 0 of 4 slices: upper bound 49% <= 50%
+        ((), "0.2", 3, "INCONCLUSIVE"),  # 0% is within 20%, its upper bound (49%) is not
+        (("--model-arg", "blur=True", "--model-arg", "k=9"), "0.5", 3, "FAIL"),
+    ],
+)
+def test_gate_outcomes(tmp_path, singlecoil_dir, models, extra, limit, code, status):
+    args = ("--attacks", "fnaf-rs", "--max-attack-rate", limit, *extra)
+    result = _run(tmp_path, singlecoil_dir, models, *args, check=False)
+    assert result.exit_code == code, result.output
+    line = next(ln for ln in result.output.splitlines() if ln.startswith(status + ":"))
+    assert "fnaf-rs attack rate" in line and "95% CI" in line
+    verdict = json.loads((tmp_path / "audit" / "results.json").read_text())["verdict"]
+    assert verdict["status"] == status.lower() and verdict["passed"] is (status == "PASS")
+    assert verdict["worst"]["high"] >= verdict["worst"]["attack_rate"]
+    html = (tmp_path / "audit" / "report.html").read_text()
+    assert f'<div class="verdict {status.lower()}">' in html and f">{status}<" in html
+
+
+def test_gate_over_no_fnaf_attack_is_a_usage_error(tmp_path, singlecoil_dir, models):
+    args = ("--attacks", "kspace-pgd", "--max-attack-rate", "0.2")
+    result = _run(tmp_path, singlecoil_dir, models, *args, check=False)
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "no FNAF attack" in result.output
+    assert not (tmp_path / "audit").exists()
+
+
+def test_paired_comparisons_in_results_and_console(audit):
+    results = json.loads((audit / "results.json").read_text())
+    df = pd.read_csv(audit / "records.csv")
+    for p in results["paired"]:
+        a = df[(df["model"] == p["a"]) & (df["attack"] == p["attack"])].set_index(
+            ["volume", "slice"]
+        )
+        b = df[(df["model"] == p["b"]) & (df["attack"] == p["attack"])].set_index(
+            ["volume", "slice"]
+        )
+        both = a["hit"] & b["hit"]
+        assert p["slices"] == len(a) and p["both"] == int(both.sum())
+        assert p["a_only"] == int((a["hit"] & ~b["hit"]).sum())
+        assert p["b_only"] == int((b["hit"] & ~a["hit"]).sum())
+    assert {p["attack"] for p in results["paired"]} == {"fnaf-rs", "fnaf-fd", "fnaf-pgd"}
+
+
 def test_config_file_and_flags_combine(tmp_path, singlecoil_dir, models):
     cfg = tmp_path / "audit.toml"
     cfg.write_text('candidates = 2\nmargin = 0.5\nattacks = "fnaf-rs"\nseed = 7\n')

@@ -161,6 +161,13 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
 
     out: Path = opts["out"]
     attack_classes = {a: load_attack(a) for a in opts["attacks"]}
+    if opts["max_attack_rate"] is not None and not any(
+        getattr(c, "kind", "fnaf") == "fnaf" for c in attack_classes.values()
+    ):
+        raise UsageError(
+            "--max-attack-rate gates on FNAF attack rates, but --attacks "
+            f"{','.join(opts['attacks'])} has no FNAF attack; add fnaf-rs, fnaf-fd or fnaf-pgd"
+        )
     mask_func = build_mask_func(opts["mask_type"], opts["accel"], opts["center_fraction"])
     if opts.get("dataset") is not None:
         from mri_audit.data import collate
@@ -329,12 +336,7 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
         f"\nWrote {out}/results.json, records.csv, records.jsonl and report.html ({elapsed:.1f} s)"
     )
     verdict = results["verdict"]
-    if verdict["passed"] is False:
-        worst = verdict["worst"]
-        click.echo(
-            f"FAIL: {worst['model']} {worst['attack']} attack rate {worst['attack_rate']:.1%} "
-            f"exceeds --max-attack-rate {verdict['max_attack_rate']:.1%}",
-            err=True,
-        )
-        return int(broadcast(env, 3))
-    return int(broadcast(env, 0))
+    status = verdict.get("status", "none")
+    if status != "none":
+        click.echo(f"{status.upper()}: {verdict['reason']}", err=status != "pass")
+    return int(broadcast(env, 3 if status in ("fail", "inconclusive") else 0))
