@@ -95,28 +95,32 @@ def record_figures(audit: AuditInputs) -> dict:
 
 
 def transfer_section(results: dict, names: list[str]) -> tuple[list[dict], str | None]:
-    """The transfer tables (one per attack, and all attacks) and their heatmap figure."""
+    """The transfer tables (one per attack) and their heatmap figure (conditional rates)."""
     from mri_audit import figures
 
     tables, panels = [], {}
     transfer = results.get("transfer") or {}
-    keys = (["all"] if "all" in transfer else []) + [k for k in transfer if k != "all"]
-    for key in keys:
-        cells = transfer[key]
+    for key, cells in transfer.items():
         rates = np.full((len(names), len(names)), np.nan)
         totals = np.zeros((len(names), len(names)))
         rows = []
         for i, src in enumerate(names):
             row = []
             for j, tgt in enumerate(names):
-                w = (cells.get(src) or {}).get(tgt)
-                if w and w.get("value") is not None:
-                    rates[i, j], totals[i, j] = w["value"], w["total"]
-                row.append(None if src == tgt else rate(w))
+                w = (cells.get(src) or {}).get(tgt) or {}
+                cond = w.get("conditional", w if "value" in w else None)
+                if cond and cond.get("value") is not None:
+                    rates[i, j], totals[i, j] = cond["value"], cond["total"]
+                if src == tgt:
+                    row.append(None)
+                    continue
+                cell = rate(cond)
+                cell["unconditional"] = rate(w.get("unconditional"))
+                cell["own"] = rate(w.get("own"))
+                row.append(cell)
             rows.append({"source": src, "cells": row})
-        title = "all FNAF attacks" if key == "all" else key
-        tables.append({"title": title, "targets": names, "rows": rows})
-        panels[title] = (names, names, rates, totals)
+        tables.append({"title": key, "targets": names, "rows": rows})
+        panels[key] = (names, names, rates, totals)
     return tables, (figures.transfer_heatmaps(panels) if panels else None)
 
 

@@ -182,24 +182,44 @@ def _attack(rows: Sequence[dict], criterion: Criterion | None = None) -> dict:
 
 
 def _transfer(records: Sequence[dict]) -> dict:
-    """For each attack: source -> target -> share of the source's hits that hit the target."""
-    counts: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: [0, 0])))
+    """Features found on model A replayed on model B, per attack (DESIGN §6).
+
+    For every attack, source A and target B, each clustered by volume over the slices where A
+    found a feature: ``unconditional``, B's hit rate on A's features; ``own``, B's own attack
+    rate on the same slices; ``conditional``, the share of A's hits that are hits on B.
+    """
+    own = {
+        (r["model"], r["attack"], r["volume"], int(r["slice"])): bool(r["hit"])
+        for r in records
+        if r.get("kind", "fnaf") == "fnaf"
+    }
+    cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     for r in records:
-        if r.get("kind", "fnaf") != "fnaf" or not r["hit"]:
+        if r.get("kind", "fnaf") != "fnaf":
             continue
         for target, replay in (r.get("transfer") or {}).items():
             if replay is None:
                 continue
-            for attack in (r["attack"], "all"):
-                cell = counts[attack][r["model"]][target]
-                cell[0] += bool(replay["hit"])
-                cell[1] += 1
+            cell = cells[r["attack"]][r["model"]][target]
+            key = (target, r["attack"], r["volume"], int(r["slice"]))
+            cell["unconditional"].append((bool(replay["hit"]), r["volume"]))
+            if key in own:
+                cell["own"].append((own[key], r["volume"]))
+            if r["hit"]:
+                cell["conditional"].append((bool(replay["hit"]), r["volume"]))
+
+    def rate(pairs: list) -> dict:
+        return clustered_rate([h for h, _ in pairs], [v for _, v in pairs])
+
     return {
         attack: {
-            src: {tgt: wilson(h, t) for tgt, (h, t) in targets.items()}
+            src: {
+                tgt: {k: rate(c[k]) for k in ("unconditional", "own", "conditional")}
+                for tgt, c in targets.items()
+            }
             for src, targets in sources.items()
         }
-        for attack, sources in counts.items()
+        for attack, sources in cells.items()
     }
 
 

@@ -154,14 +154,23 @@ def test_transfer_tables_match(audit):
     _, res, html = audit
     found = tables(html)
     names = [m["name"] for m in res["models"]]
+    assert "all" not in res["transfer"]  # no row pools attacks over the same slices
     for key, sources in res["transfer"].items():
-        title = "all FNAF attacks" if key == "all" else key
-        rows = found[f"transfer:{title}"]
+        rows = found[f"transfer:{key}"]
         assert rows[0][1] == ["source \\ target", *names]
         for _, cells in rows[1:]:
             src = cells[0]
             for tgt, text in zip(names, cells[1:], strict=True):
-                assert text == ("—" if src == tgt else _rate_text(sources[src][tgt]))
+                if src == tgt:
+                    assert text == "—"
+                    continue
+                c = sources[src][tgt]
+                u, o = c["unconditional"], c["own"]
+                assert text == (
+                    f"{_rate_text(c['conditional'])} source hits all source features: "
+                    f"{_pct(u['value'])} ({u['count']}/{u['total']}) · target's own: "
+                    f"{_pct(o['value'])} ({o['count']}/{o['total']})"
+                )
 
 
 def _text(html: str) -> str:

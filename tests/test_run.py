@@ -113,17 +113,26 @@ def test_results_equal_a_recount_from_records_csv(audit):
         for name in ("erasure", "recovery", "paper"):
             assert {f"{name}:score", f"{name}:r", f"{name}:r0", f"{name}:loss"} <= set(g.columns)
         assert (g["erasure:score"].fillna(-9) == g["score"].fillna(-9)).all()
-        # Transfer: the share of this model's hits that also hit the other model.
+        # Transfer, recounted: B's hit rate on all of A's features, A's hits that hit B, and
+        # B's own rate on the same slices.
         other = [c for c in g.columns if c.startswith("transfer_hit:")]
         for col in other:
             target = col.split(":", 1)[1]
             if target == model:
                 continue
-            hits = g[g["hit"]]
-            cell = results["transfer"].get(attack, {}).get(model, {}).get(target)
-            if len(hits):
-                assert cell["total"] == len(hits)
-                assert cell["count"] == int(hits[col].astype(bool).sum())
+            cell = results["transfer"][attack][model][target]
+            replayed = g[g[col].notna()]
+            assert cell["unconditional"]["total"] == len(replayed)
+            assert cell["unconditional"]["count"] == int(replayed[col].astype(bool).sum())
+            hits = replayed[replayed["hit"]]
+            assert cell["conditional"]["total"] == len(hits)
+            assert cell["conditional"]["count"] == int(hits[col].astype(bool).sum())
+            mine = df[(df["model"] == target) & (df["attack"] == attack)]
+            mine = mine.set_index(["volume", "slice"]).loc[
+                list(zip(replayed["volume"], replayed["slice"], strict=True))
+            ]
+            assert cell["own"]["count"] == int(mine["hit"].sum())
+    assert "all" not in results["transfer"]
     # Clean metrics: fastMRI per-volume SSIM/NMSE/PSNR, then the mean over volumes.
     for model, g in df[df["attack"] == "fnaf-rs"].groupby("model"):
         per_volume = g.groupby("volume").agg(
