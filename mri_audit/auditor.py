@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
-from tqdm import tqdm
 
 from mri_audit.attack import FnafAttack, result_records
 from mri_audit.criteria import DEFAULT_CRITERION, QUANTITIES, make_criterion
@@ -27,6 +26,7 @@ from mri_audit.features import SliceContext, prepare_context
 from mri_audit.journal import Journal, record_key
 from mri_audit.metrics import ssim
 from mri_audit.physics import make_mask_func, volume_seed
+from mri_audit.progress import Progress
 from mri_audit.reconstructor import Reconstructor
 
 __all__ = ["AuditConfig", "AuditModel", "Auditor", "DEFAULT_ATTACKS"]
@@ -192,45 +192,25 @@ class Auditor:
     def run(self, on_batch: Callable[[list[dict]], None] | None = None) -> list[dict]:
         """Audit this rank's slices; returns the records computed (journal-skipped excluded)."""
         mine = self.my_batches()
-        bars = {
-            key: tqdm(
-                total=sum(len(b) for b in mine),
-                desc=f"{key[0]} {key[1]}",
-                unit="slice",
-                position=i,
-                leave=True,
-                disable=None if self.progress else True,
-                dynamic_ncols=True,
-            )
-            for i, key in enumerate(self.attacks)
-        }
-        hits = dict.fromkeys(self.attacks, 0)
-        seen = dict.fromkeys(self.attacks, 0)
+        progress = Progress(
+            sum(len(b) for b in mine), [m.name for m in self.models], enabled=self.progress
+        )
         records: list[dict] = []
         try:
             for indices in mine:
                 batch = collate([self.dataset[i] for i in indices])
                 batch_records = self._run_batch(batch)
                 if batch_records is None:
-                    for bar in bars.values():
-                        bar.update(len(batch.volumes))
+                    progress.update(len(batch.volumes))
                     continue
                 if self.journal is not None:
                     self.journal.append(batch_records)
                 records.extend(batch_records)
                 if on_batch is not None:
                     on_batch(batch_records)
-                for rec in batch_records:
-                    key = (rec["model"], rec["attack"])
-                    seen[key] += 1
-                    hits[key] += bool(rec["hit"])
-                for key, bar in bars.items():
-                    bar.update(len(batch.volumes))
-                    if seen[key]:
-                        bar.set_postfix_str(f"attack rate {hits[key] / seen[key]:.0%}")
+                progress.update(len(batch.volumes), batch_records)
         finally:
-            for bar in bars.values():
-                bar.close()
+            progress.close()
         return records
 
     def _run_batch(self, batch: SliceBatch) -> list[dict] | None:
