@@ -341,6 +341,10 @@ class Auditor:
             "clean_sq_err": err.sum(1),
             "clean_sq_norm": ctx.target.square().flatten(1).sum(1),
         }
+        # The zero-filled baseline on the same slices (for "worse than zero-filling" warnings).
+        zf_err = (ctx.zero_filled - ctx.target).square().flatten(1)
+        values["zf_ssim"] = ssim(ctx.zero_filled, ctx.target, ctx.data_range)
+        values["zf_sq_err"] = zf_err.sum(1)
         host = {k: v.double().tolist() for k, v in values.items()}
         npix = int(ctx.target.shape[-1] * ctx.target.shape[-2])
         return [

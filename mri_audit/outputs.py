@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mri_audit.cautions import audit_warnings
 from mri_audit.journal import to_jsonable
 from mri_audit.panels import render_panels, worst_records
 from mri_audit.results import SCHEMA_VERSION, aggregate, atomic_write, write_csv, write_json
@@ -71,6 +72,15 @@ def build_results(
         "models": header["models"],
         "window_fraction": header["config"]["window"],
         **aggregates,
+        "warnings": audit_warnings(
+            models=header["models"],
+            clean=aggregates["clean"],
+            zero_filled=aggregates.get("zero_filled"),
+            attacks=aggregates["attacks"],
+            config=header["config"],
+            data=header["data"],
+            max_attack_rate=aggregates["verdict"].get("max_attack_rate"),
+        ),
         "worst_cases": [{k: c.get(k) for k in WORST_CASE_FIELDS} for c in worst_cases],
         "files": {
             "records": "records.csv",

@@ -57,10 +57,13 @@ def _summary(values: Iterable[float | None]) -> dict:
     return out
 
 
-def _clean(records: Sequence[dict]) -> dict:
-    """fastMRI metrics per model: per-volume SSIM/NMSE/PSNR, then the mean over volumes."""
+def _clean(records: Sequence[dict], prefix: str = "clean_") -> dict:
+    """fastMRI metrics per model: per-volume SSIM/NMSE/PSNR, then the mean over volumes
+    (``prefix="zf_"``: the zero-filled baseline on the same slices)."""
     per_slice: dict[str, dict[tuple, dict]] = defaultdict(dict)
     for r in records:
+        if r.get(f"{prefix}ssim") is None:
+            continue
         per_slice[r["model"]].setdefault((r["volume"], int(r["slice"])), r)
     out = {}
     for model, slices in per_slice.items():
@@ -69,11 +72,11 @@ def _clean(records: Sequence[dict]) -> dict:
             volumes[volume].append(r)
         ssims, nmses, psnrs = [], [], []
         for rows in volumes.values():
-            sq_err = sum(r["clean_sq_err"] for r in rows)
+            sq_err = sum(r[f"{prefix}sq_err"] for r in rows)
             sq_norm = sum(r["clean_sq_norm"] for r in rows)
             pixels = sum(r["clean_pixels"] for r in rows)
             data_range = max(r["data_range"] for r in rows)
-            ssims.append(sum(r["clean_ssim"] for r in rows) / len(rows))
+            ssims.append(sum(r[f"{prefix}ssim"] for r in rows) / len(rows))
             nmses.append(sq_err / sq_norm if sq_norm > 0 else float("nan"))
             mse = sq_err / pixels
             psnrs.append(10 * math.log10(data_range**2 / mse) if mse > 0 else float("inf"))
@@ -247,8 +250,10 @@ def aggregate(
         "max_attack_rate": max_attack_rate,
         **gate(attacks, primary, max_attack_rate),
     }
+    baseline = _clean(records, prefix="zf_")
     return {
         "clean": _clean(records),
+        "zero_filled": next(iter(baseline.values()), None),
         "attacks": attacks,
         "transfer": _transfer(records),
         "paired": paired_comparisons(records),

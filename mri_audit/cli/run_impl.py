@@ -177,6 +177,9 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
     else:
         dataset, probe = open_data(opts["data"], opts["max_volumes"], opts["max_slices"])
     specs = [(opts["model_spec"], opts["weights"]), *opts["compare"]]
+    import torch
+
+    torch.manual_seed(opts["seed"])  # a model's own random initialisation is seeded too
     need_grad = any(getattr(c, "needs_gradients", False) for c in attack_classes.values())
     opened = open_models(
         specs,
@@ -332,6 +335,8 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
     from mri_audit.tables import attack_table
 
     click.echo(attack_table(results))
+    for warning in results.get("warnings") or []:
+        click.echo(f"Warning: {warning}", err=True)
     click.echo(
         f"\nWrote {out}/results.json, records.csv, records.jsonl and report.html ({elapsed:.1f} s)"
     )
