@@ -259,7 +259,24 @@ class SliceDataset(torch.utils.data.Dataset):
             "coils": sorted({v.kspace_shape[0] for v in self._volumes}),
             "max_volumes": self.max_volumes,
             "max_slices": self.max_slices,
+            "files": self.file_digests(),
         }
+
+    def file_digests(self) -> list[dict[str, Any]]:
+        """Each file's name, sha256 and target key (hashed once per dataset)."""
+        from mri_audit.weights import sha256_file
+
+        if getattr(self, "_digests", None) is None:
+            self._digests = [
+                {
+                    "name": v.path.name,
+                    "sha256": sha256_file(v.path),
+                    "slices": v.num_slices,
+                    "target": v.target_key,
+                }
+                for v in self._volumes
+            ]
+        return self._digests
 
 
 def _rss_target(kspace: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

@@ -271,6 +271,7 @@ def build_context(audit: AuditInputs) -> dict:
         "clean": clean,
         "attack_rows": _attack_rows(r, r["verdict"].get("max_attack_rate"), crit.name),
         "warnings": list(r.get("warnings") or []),
+        "data_files": list((r.get("data") or {}).get("files") or []),
         "paired": [p | {"p_value": num(p.get("p_value"), ".3g")} for p in (r.get("paired") or [])],
         "score_label": SCORE_LABEL[crit.name],
         "figures": figs,

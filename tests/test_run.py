@@ -485,3 +485,17 @@ def test_records_csv_is_spreadsheet_safe(tmp_path):
     _load_csv_records(audit, path)
     assert audit.records["model"].tolist() == ['=HYPERLINK("x")', "+cmd"]
     assert audit.records["e"].tolist() == [-0.25, 0.1]
+
+
+def test_data_provenance_names_and_hashes_every_file(audit, singlecoil_dir):
+    import hashlib
+
+    results = json.loads((audit / "results.json").read_text())
+    files = results["data"]["files"]
+    on_disk = sorted(singlecoil_dir.glob("*.h5"))
+    assert [f["name"] for f in files] == [p.name for p in on_disk]
+    for f, path in zip(files, on_disk, strict=True):
+        assert f["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert f["slices"] >= 1 and f["target"] == "reconstruction_esc"
+    html = (audit / "report.html").read_text()
+    assert 'id="data-files"' in html and all(f["sha256"] in html for f in files)
