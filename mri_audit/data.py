@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_VAL: dict[str, int] = dict(volumes=6, slices=4, size=160, coils=1)
 BUILTIN_TRAIN: dict[str, int] = dict(volumes=48, slices=8, size=160, coils=1)
+# Where `harden` chooses its kept weights: never the `val` volumes its before/after audit reports.
+BUILTIN_SELECT: dict[str, int] = dict(volumes=6, slices=4, size=160, coils=1)
 
 
 class SliceSample(NamedTuple):
@@ -297,12 +299,14 @@ class SyntheticDataset(torch.utils.data.Dataset):
     """The built-in phantom set, in memory: volumes are generated on first use and cached.
 
     Volume ``i`` of a split is :func:`mri_audit.phantoms.make_volume` seeded by
-    ``derive_seed(seed, split_id, i)``; ``train`` and ``val`` use different split ids, so held-out
-    evaluation never sees a training volume. Items are :class:`SliceSample` s named like fastMRI
-    files (``synth_val_0000.h5``) so masks are seeded per volume exactly as for real data.
+    ``derive_seed(seed, split_id, i)``; ``train``, ``select`` and ``val`` use different split
+    ids, so held-out evaluation never sees a training volume, and ``harden`` chooses its kept
+    weights on ``select``, never on the ``val`` volumes that audits report. Items are
+    :class:`SliceSample` s named like fastMRI files (``synth_val_0000.h5``) so masks are seeded
+    per volume exactly as for real data.
 
     Args:
-        split: ``"val"`` or ``"train"``.
+        split: ``"val"``, ``"train"`` or ``"select"``.
         volumes: number of volumes.
         slices: slices per volume.
         size: target size (square).
@@ -314,7 +318,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
         max_slices: keep only the ``max_slices`` central slices of each volume.
     """
 
-    SPLITS = {"val": 0, "train": 1}
+    SPLITS = {"val": 0, "train": 1, "select": 2}
 
     def __init__(
         self,

@@ -37,6 +37,15 @@ def fastmri_dirs(tmp_path_factory: pytest.TempPathFactory) -> FastMRIDirs:
 
 
 @pytest.fixture(scope="session")
+def harden_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 single-coil volumes (2 slices each): `harden` trains on one, chooses its kept weights on
+    another and reports its before/after audit on the third."""
+    root = tmp_path_factory.mktemp("harden") / "singlecoil"
+    synth_dataset(root, prefix="file_hd", **{**SINGLE, "volumes": 3, "slices": 2, "seed": 13})
+    return root
+
+
+@pytest.fixture(scope="session")
 def singlecoil_dir(fastmri_dirs: FastMRIDirs) -> Path:
     """A folder of 2 single-coil volumes (4 slices, k-space 128x72, target 64x64)."""
     return fastmri_dirs.single

@@ -84,7 +84,7 @@ def test_two_process_audit_equals_single_process(model, singlecoil_dir, tmp_path
     assert json.loads(lines[0])["kind"] == "header" and len(lines) == 1 + 24
 
 
-def test_two_process_hardening(model, singlecoil_dir, tmp_path):
+def test_two_process_hardening(model, harden_dir, tmp_path):
     proc = _torchrun(
         "harden",
         "--model",
@@ -92,7 +92,7 @@ def test_two_process_hardening(model, singlecoil_dir, tmp_path):
         "--weights",
         f"{model}/net.pt",
         "--data",
-        str(singlecoil_dir),
+        str(harden_dir),
         "--max-slices",
         "2",
         "--epochs",

@@ -155,8 +155,8 @@ def _cli_args(tmp_path, data, *extra) -> list[str]:
     ]
 
 
-def test_cli_harden_end_to_end_and_resume(tmp_path, singlecoil_dir):
-    args = _cli_args(tmp_path, singlecoil_dir, "--batch-size", "2")
+def test_cli_harden_end_to_end_and_resume(tmp_path, harden_dir):
+    args = _cli_args(tmp_path, harden_dir, "--batch-size", "2")
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "kept epoch 1" in result.output
@@ -179,7 +179,7 @@ def test_cli_harden_end_to_end_and_resume(tmp_path, singlecoil_dir):
         (["--interpolate", "-1"], 2, "--interpolate"),
     ],
 )
-def test_bad_options(tmp_path, singlecoil_dir, extra, code, phrase):
+def test_bad_options(tmp_path, harden_dir, extra, code, phrase):
     (tmp_path / "net.py").write_text(NET)
     result = CliRunner().invoke(
         cli,
@@ -188,7 +188,7 @@ def test_bad_options(tmp_path, singlecoil_dir, extra, code, phrase):
             "--model",
             f"{tmp_path}/net.py:Net",
             "--data",
-            str(singlecoil_dir),
+            str(harden_dir),
             "--out",
             str(tmp_path / "o.pt"),
             *extra,
@@ -198,7 +198,7 @@ def test_bad_options(tmp_path, singlecoil_dir, extra, code, phrase):
     assert phrase in result.output and "Traceback" not in result.output
 
 
-def test_torchscript_is_refused(tmp_path, singlecoil_dir):
+def test_torchscript_is_refused(tmp_path, harden_dir):
     scripted = torch.jit.trace(_model(), torch.randn(1, 1, 64, 64))
     torch.jit.save(scripted, str(tmp_path / "m.ts"))
     result = CliRunner().invoke(
@@ -208,7 +208,7 @@ def test_torchscript_is_refused(tmp_path, singlecoil_dir):
             "--model",
             str(tmp_path / "m.ts"),
             "--data",
-            str(singlecoil_dir),
+            str(harden_dir),
             "--out",
             str(tmp_path / "o.pt"),
         ],
@@ -367,8 +367,8 @@ def test_checkpoint_of_threat_model_1_is_refused(tmp_path, singlecoil_dir):
         resumed.load_checkpoint()
 
 
-def test_cli_interpolate_prints_and_records_the_blends(tmp_path, singlecoil_dir):
-    result = CliRunner().invoke(cli, _cli_args(tmp_path, singlecoil_dir, "--interpolate", "2"))
+def test_cli_interpolate_prints_and_records_the_blends(tmp_path, harden_dir):
+    result = CliRunner().invoke(cli, _cli_args(tmp_path, harden_dir, "--interpolate", "2"))
     assert result.exit_code == 0, result.output
     assert "blend 0.33" in result.output and "blend 0.67" in result.output
     card = json.loads((tmp_path / "robust.pt.json").read_text())
@@ -399,11 +399,41 @@ def test_card_gets_the_before_after_audit_and_sha256(tmp_path):
     assert got["kind"] == "harden"
 
 
-def test_cli_criterion_reaches_the_card_and_bad_margin_exits_2(tmp_path, singlecoil_dir):
-    args = _cli_args(tmp_path, singlecoil_dir, "--criterion", "recovery")
+def test_cli_criterion_reaches_the_card_and_bad_margin_exits_2(tmp_path, harden_dir):
+    args = _cli_args(tmp_path, harden_dir, "--criterion", "recovery")
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "robust.pt.json").read_text())
     assert card["config"]["criterion"] == "recovery" and card["config"]["threat_model"] == 2
-    bad = CliRunner().invoke(cli, _cli_args(tmp_path, singlecoil_dir, "--margin", "0"))
+    bad = CliRunner().invoke(cli, _cli_args(tmp_path, harden_dir, "--margin", "0"))
     assert bad.exit_code == 2 and "--margin" in bad.output
+
+
+def test_kept_weights_are_chosen_on_slices_the_audit_never_reports(tmp_path, harden_dir):
+    result = CliRunner().invoke(cli, _cli_args(tmp_path, harden_dir))
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "robust.pt.json").read_text())
+    select = {f["name"] for f in card["select_data"]["files"]}
+    report = {f["name"] for f in card["report_data"]["files"]}
+    assert select and report and not select & report
+
+
+def test_selection_needs_its_own_held_out_volumes(tmp_path, harden_dir, singlecoil_dir):
+    # Two volumes cannot hold out both a selection and a report set.
+    result = CliRunner().invoke(cli, _cli_args(tmp_path, singlecoil_dir))
+    assert result.exit_code == 2 and "at least 3 volumes" in result.output, result.output
+    # --val-data that overlaps --data is refused.
+    result = CliRunner().invoke(cli, _cli_args(tmp_path, harden_dir, "--val-data", str(harden_dir)))
+    assert result.exit_code == 2 and "--val-data shares 3 file(s)" in result.output, result.output
+
+
+def test_builtin_splits_are_disjoint():
+    from mri_audit.data import BUILTIN_SELECT, BUILTIN_VAL, SyntheticDataset
+
+    seeds = {
+        split: {
+            SyntheticDataset(split=split, **spec).volume_seed(i) for i in range(spec["volumes"])
+        }
+        for split, spec in (("select", BUILTIN_SELECT), ("val", BUILTIN_VAL))
+    }
+    assert not seeds["select"] & seeds["val"]

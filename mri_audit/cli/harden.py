@@ -36,8 +36,10 @@ def _steps_range(value: str) -> tuple[int, int]:
     "--val-data",
     type=click.Path(),
     default=None,
-    help="Validation data [default: built-in held-out phantoms, or the last tenth "
-    "of --data's volumes].",
+    help="Held-out data the before/after audit reports [default: the built-in held-out "
+    "phantoms, or the last tenth of --data's volumes]. The kept epoch or blend is chosen on "
+    "other held-out volumes (the built-in `select` phantoms, or the tenth of --data before "
+    "that), never on these.",
 )
 @click.option(
     "--accel",
@@ -152,7 +154,9 @@ def harden(**opts) -> None:
     --lambda times the loss on the FNAF-augmented inputs. A checkpoint (<out>.ckpt) is written
     every epoch; --resume continues from it. The kept weights have the lowest validation
     fnaf-rs attack rate among epochs (and --interpolate blends) within --ssim-tolerance and
-    --nmse-tolerance of the starting model.
+    --nmse-tolerance of the starting model, measured on held-out `select` slices; the
+    before/after audit then reports other held-out slices (--val-data), never the ones the
+    weights were chosen on.
     """
     from mri_audit.cli.harden_impl import execute
 

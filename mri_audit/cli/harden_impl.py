@@ -16,28 +16,57 @@ logger = logging.getLogger(__name__)
 
 
 def _datasets(opts):
-    from mri_audit.data import BUILTIN_TRAIN, BUILTIN_VAL, SliceDataset, SyntheticDataset
+    """``(train, select, report)``: training data, the held-out slices the kept epoch or blend is
+    chosen on, and the held-out slices the before/after audit reports (never the same)."""
+    from mri_audit.data import (
+        BUILTIN_SELECT,
+        BUILTIN_TRAIN,
+        BUILTIN_VAL,
+        SliceDataset,
+        SyntheticDataset,
+    )
     from mri_audit.fastmri_io import resolve_files
 
     lim = {"max_volumes": opts["max_volumes"], "max_slices": opts["max_slices"]}
+    val_lim = {"max_slices": opts["max_slices"]}
     if opts["data"] is None:
         train = SyntheticDataset(split="train", **BUILTIN_TRAIN, **lim)
-    else:
-        files = resolve_files(opts["data"])
-        if opts["val_data"] is None:
-            if len(files) < 2:
-                raise ValueError(
-                    "--data needs at least 2 volumes to hold one out; or give --val-data"
-                )
-            held = max(1, len(files) // 10)
-            train = SliceDataset(files[:-held], **lim)
-            return train, SliceDataset(files[-held:], max_slices=opts["max_slices"])
-        train = SliceDataset(files, **lim)
+        select = SyntheticDataset(split="select", **BUILTIN_SELECT)
+        report = (
+            SliceDataset(opts["val_data"], **val_lim)
+            if opts["val_data"] is not None
+            else SyntheticDataset(split="val", **BUILTIN_VAL)
+        )
+        return train, select, report
+    files = resolve_files(opts["data"])
     if opts["val_data"] is not None:
-        val = SliceDataset(opts["val_data"], max_slices=opts["max_slices"])
-    else:
-        val = SyntheticDataset(split="val", **BUILTIN_VAL)
-    return train, val
+        shared = {p.resolve() for p in files} & {
+            p.resolve() for p in resolve_files(opts["val_data"])
+        }
+        if shared:
+            raise ValueError(
+                f"--val-data shares {len(shared)} file(s) with --data (e.g. "
+                f"{sorted(shared)[0].name}): the before/after audit must report volumes the "
+                "model was neither trained nor chosen on"
+            )
+    parts = 2 if opts["val_data"] is not None else 3
+    if len(files) < parts:
+        need = "a second one to choose the kept weights on" if parts == 2 else "two held out"
+        raise ValueError(
+            f"--data needs at least {parts} volumes ({need}: one to choose the kept weights "
+            "on, one for the before/after audit); or give more volumes"
+        )
+    held = max(1, len(files) // 10)
+    if opts["val_data"] is not None:
+        train = SliceDataset(files[:-held], **lim)
+        return (
+            train,
+            SliceDataset(files[-held:], **val_lim),
+            SliceDataset(opts["val_data"], **val_lim),
+        )
+    train = SliceDataset(files[: -2 * held], **lim)
+    select = SliceDataset(files[-2 * held : -held], **val_lim)
+    return train, select, SliceDataset(files[-held:], **val_lim)
 
 
 def execute(opts: dict, command_line: list[str] | None = None) -> int:
@@ -63,7 +92,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
     from mri_audit.harden import HardenConfig, Trainer
     from mri_audit.registry import load_attack
 
-    train, val = _datasets(opts)
+    train, select, val = _datasets(opts)
     probe = collate([train[0]])
     accels = tuple(opts["accel"])
     mask_func = build_mask_func(opts["mask_type"], accels[0], opts["center_fraction"])
@@ -116,7 +145,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
     trainer = Trainer(
         opened.estimator,
         train,
-        val,
+        select,
         config,
         attack_classes=attack_classes,
         checkpoint=out.with_suffix(out.suffix + ".ckpt"),
@@ -184,6 +213,9 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         "weights": opts["weights"],
         "summary": summary,
         "seconds": elapsed,
+        # The kept weights are chosen on `select`; the before/after audit reports `report`.
+        "select_data": select.describe(),
+        "report_data": val.describe(),
     }
     from mri_audit.results import write_json
 
