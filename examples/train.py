@@ -273,13 +273,38 @@ def _harden_section(name: str, card: dict[str, Any]) -> str:
         f"- command: `{card.get('command', 'mri-audit harden ...')}`",
         _kept_line(cfg, best),
         "",
-        f"| | SSIM | NMSE | fnaf-rs attack rate ({_criterion_words(cfg)}) |",
+        f"| {_where(card, 'select_data', 'chosen on')} | SSIM | NMSE | "
+        f"fnaf-rs attack rate ({_criterion_words(cfg)}) |",
         "|---|---|---|---|",
         f"| before | {start['ssim']:.4f} | {start['nmse']:.5f} | {start['attack_rate']:.1%} |",
         f"| after | {best['ssim']:.4f} | {best['nmse']:.5f} | {best['attack_rate']:.1%} |",
         "",
     ]
+    audit = card.get("before_after_audit")
+    if audit and "select_data" in card:
+        lines += [
+            f"Before/after audit on {_where(card, 'report_data', 'other held-out volumes')}, "
+            "which the choice never saw:",
+            "",
+            "| | SSIM | NMSE | fnaf-rs attack rate |",
+            "|---|---|---|---|",
+        ]
+        for model, clean in audit["clean"].items():
+            rate = ((audit["attacks"].get(model) or {}).get("fnaf-rs") or {}).get("attack_rate")
+            shown = f"{rate['value']:.1%}" if rate and rate.get("value") is not None else "n/a"
+            lines.append(f"| {model} | {clean['ssim']:.4f} | {clean['nmse']:.5f} | {shown} |")
+        lines.append("")
     return "\n".join(lines)
+
+
+def _where(card: dict[str, Any], key: str, default: str) -> str:
+    """Which held-out data a harden card's figures are on (``select`` or ``val`` split)."""
+    data = card.get(key) or {}
+    if "split" in data:
+        return f"{data['split']} split ({data.get('volumes')} volumes, {data.get('slices')} slices)"
+    if data.get("files"):
+        return f"{len(data['files'])} held-out files"
+    return default
 
 
 def _card_section(card: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -26,8 +27,9 @@ __all__ = [
     "DPI",
     "location_heatmaps",
     "transfer_heatmaps",
+    "worst_case_figure",
     "worst_case_panel",
-    "feature_outline",
+    "feature_ticks",
 ]
 
 DPI = 100
@@ -62,22 +64,6 @@ def _positive(values: np.ndarray, floor: float) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     return np.maximum(v, floor)
-
-
-def feature_outline(rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
-    """Segments ``(n, 2, 2)`` (x, y) of the outer edges of a pixel support."""
-    support = {(int(r), int(c)) for r, c in zip(rows, cols, strict=True)}
-    segs = []
-    for r, c in sorted(support):
-        if (r - 1, c) not in support:
-            segs.append([(c - 0.5, r - 0.5), (c + 0.5, r - 0.5)])
-        if (r + 1, c) not in support:
-            segs.append([(c - 0.5, r + 0.5), (c + 0.5, r + 0.5)])
-        if (r, c - 1) not in support:
-            segs.append([(c - 0.5, r - 0.5), (c - 0.5, r + 0.5)])
-        if (r, c + 1) not in support:
-            segs.append([(c + 0.5, r - 0.5), (c + 0.5, r + 0.5)])
-    return np.asarray(segs, dtype=np.float64).reshape(-1, 2, 2)
 
 
 def location_heatmaps(
@@ -163,7 +149,9 @@ def transfer_heatmaps(
     """
     ncols = min(4, len(panels))
     first = next(iter(panels.values()))
-    side = 0.75 * max(len(first[0]), len(first[1])) + 1.6
+    labels = [_wrap(n) for n in (*first[0], *first[1])]
+    extra = 0.09 * max(len(line) for label in labels for line in label.split("\n"))
+    side = 0.8 * max(len(first[0]), len(first[1])) + 1.2 + extra
     with rc_context(STYLE):
         fig = _figure(side * ncols + 0.6, side * math.ceil(len(panels) / ncols))
         image = None
@@ -181,10 +169,8 @@ def transfer_heatmaps(
                     text = f"{v:.0%}\n{_count(totals[i, j], 'hit')}"
                     col = "white" if v > 0.6 else "black"
                 ax.text(j, i, text, ha="center", va="center", color=col, fontsize=8)
-            ax.set_xticks(
-                range(len(targets)), [_short(t) for t in targets], rotation=30, ha="right"
-            )
-            ax.set_yticks(range(len(sources)), [_short(s) for s in sources])
+            ax.set_xticks(range(len(targets)), [_wrap(t) for t in targets], rotation=90)
+            ax.set_yticks(range(len(sources)), [_wrap(s) for s in sources])
             ax.set_xlabel("target model")
             ax.set_ylabel("source model")
             ax.set_title(_short(title, 40))
@@ -193,56 +179,143 @@ def transfer_heatmaps(
         return _png(fig)
 
 
+def feature_ticks(
+    rows: Sequence[int], cols: Sequence[int], *, gap: float = 1.5, length: float = 3.0
+) -> np.ndarray:
+    """Corner ticks around a pixel support: segments ``(8, 2, 2)`` of (x, y) points.
+
+    The ticks lie on the support's bounding box grown by ``gap`` pixels on every side, so they
+    mark the feature beside it and never cover one of its pixels (pixel ``(r, c)`` spans
+    ``[c − ½, c + ½] × [r − ½, r + ½]``).
+
+    Args:
+        rows, cols: the support (pixel coordinates).
+        gap: clearance between the support's outer pixel edges and the ticks, in pixels.
+        length: length of each tick arm, in pixels (at most a third of the box's side, so the
+            corners stay apart).
+    """
+    y0, y1 = min(rows) - 0.5 - gap, max(rows) + 0.5 + gap
+    x0, x1 = min(cols) - 0.5 - gap, max(cols) + 0.5 + gap
+    length = min(length, (x1 - x0) / 3, (y1 - y0) / 3)
+    segs = []
+    for x, dx in ((x0, length), (x1, -length)):
+        for y, dy in ((y0, length), (y1, -length)):
+            segs.append([(x, y), (x + dx, y)])
+            segs.append([(x, y), (x, y + dy)])
+    return np.asarray(segs, dtype=np.float64)
+
+
+MARK = "#ffd166"
+
+
+def worst_case_figure(
+    images: Sequence[tuple[str, np.ndarray]],
+    *,
+    rows: Sequence[int],
+    cols: Sequence[int],
+    zoom: int = 24,
+) -> tuple[Figure, list]:
+    """One worst case: full images, zooms on the feature, and each image's difference from truth.
+
+    Three rows, one column per image: (1) the whole image with the zoomed region boxed; (2) the
+    zoom (``zoom`` pixels, drawn at the panel's full size so a 10-pixel feature is plainly
+    visible) with the feature marked by corner ticks beside it, never over it; (3) the zoomed
+    difference from the ground truth (blue: darker than the truth; red: brighter), for every
+    image but the truth itself.
+
+    Args:
+        images: (title, image) pairs: zero-filled input, ground truth with the feature, then each
+            model's reconstruction; all in target units. A title may hold more lines (e.g. the
+            panel's ``r``, ``e`` and hit label); each line is shortened on its own.
+        rows, cols: the feature's support (pixel coordinates).
+        zoom: side of the zoomed region in pixels (grown to hold the feature with a margin).
+
+    Returns:
+        the figure and its zoom axes (row 2), whose tick marks tests check against the support.
+    """
+    truth = np.asarray(images[1][1], dtype=np.float32)
+    vmax = float(np.nanmax(truth)) or 1.0
+    h, w = truth.shape[:2]
+    cy, cx = (float(np.mean(rows)), float(np.mean(cols))) if len(rows) else (h / 2, w / 2)
+    reach = max([abs(r - cy) for r in rows] + [abs(c - cx) for c in cols] + [0.0])
+    half = max(zoom / 2, reach + 6)
+    ys, xs = (
+        slice(max(0, int(cy - half)), int(cy + half) + 1),
+        slice(max(0, int(cx - half)), int(cx + half) + 1),
+    )
+    diffs = [np.asarray(img, dtype=np.float32) - truth for _, img in images]
+    spread = max(float(np.nanmax(np.abs(d[ys, xs]))) for d in diffs) or vmax
+    ticks = feature_ticks(rows, cols) if len(rows) else np.zeros((0, 2, 2))
+    n = len(images)
+    zooms, diff_image = [], None
+    with rc_context(STYLE):
+        fig = _figure(2.2 * n + 0.7, 7.2)
+        axes = fig.subplots(3, n, squeeze=False)
+        for j, (title, img) in enumerate(images):
+            img = np.asarray(img, dtype=np.float32)
+            top, mid, low = axes[:, j]
+            top.imshow(img, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+            top.add_patch(
+                Rectangle((cx - half, cy - half), 2 * half, 2 * half, fill=False, ec=MARK, lw=1.0)
+            )
+            top.set_title("\n".join(_short(line, 28) for line in str(title).split("\n")))
+            mid.imshow(img, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+            mid.add_collection(LineCollection(ticks, colors=MARK, linewidths=1.5))
+            for ax in (mid, low):
+                ax.set_xlim(cx - half, cx + half)
+                ax.set_ylim(cy + half, cy - half)
+            zooms.append(mid)
+            if j == 1:
+                low.set_visible(False)
+            else:
+                diff_image = low.imshow(
+                    diffs[j], cmap="RdBu_r", vmin=-spread, vmax=spread, interpolation="nearest"
+                )
+                low.add_collection(LineCollection(ticks, colors="#333333", linewidths=1.2))
+                low.set_title("minus ground truth", fontsize=8)
+            for ax in (top, mid, low):
+                ax.set_xticks([])
+                ax.set_yticks([])
+        axes[1, 0].set_ylabel(f"zoom {int(2 * half)} px")
+        if diff_image is not None:
+            fig.colorbar(diff_image, ax=axes[2, :].tolist(), shrink=0.85, label="image − truth")
+        return fig, zooms
+
+
 def worst_case_panel(
     images: Sequence[tuple[str, np.ndarray]],
     *,
     rows: Sequence[int],
     cols: Sequence[int],
-    zoom: int = 32,
+    zoom: int = 24,
 ) -> str:
-    """One worst case as a row of images, each with a zoomed inset on the feature.
-
-    Args:
-        images: (title, image) pairs: zero-filled input, ground truth with the feature, then each
-            model's reconstruction; all in target units. A title may hold a second line (e.g.
-            the panel's ``r``, ``e`` and hit label); each line is shortened on its own.
-        rows, cols: the feature's support (pixel coordinates).
-        zoom: side of the zoomed region in pixels.
-    """
-    vmax = float(np.nanmax(np.asarray(images[1][1], dtype=np.float32))) or 1.0
-    cy = float(np.mean(rows)) if len(rows) else images[0][1].shape[0] / 2
-    cx = float(np.mean(cols)) if len(cols) else images[0][1].shape[1] / 2
-    half = zoom / 2
-    h, w = np.asarray(images[0][1]).shape[:2]
-    # The inset goes in the corner opposite the feature, so it never hides it.
-    corner = [0.02 if cx > w / 2 else 0.58, 0.58 if cy > h / 2 else 0.02, 0.4, 0.4]
-    outline = feature_outline(rows, cols)
-    with rc_context(STYLE):
-        fig = _figure(2.35 * len(images), 2.8)
-        for ax, (title, img) in zip(_grid(fig, len(images), len(images)), images, strict=True):
-            img = np.asarray(img, dtype=np.float32)
-            ax.imshow(img, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
-            ax.add_collection(LineCollection(outline, colors="#ffd166", linewidths=0.6))
-            ax.set_title("\n".join(_short(line, 30) for line in str(title).split("\n")))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            inset = ax.inset_axes(corner)
-            inset.imshow(img, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
-            inset.add_collection(LineCollection(outline, colors="#ffd166", linewidths=1.0))
-            inset.set_xlim(cx - half, cx + half)
-            inset.set_ylim(cy + half, cy - half)
-            inset.set_xticks([])
-            inset.set_yticks([])
-            for spine in inset.spines.values():
-                spine.set_edgecolor("#ffd166")
-            ax.indicate_inset_zoom(inset, edgecolor="#ffd166", alpha=0.9)
-        return _png(fig)
+    """:func:`worst_case_figure` as a base64 PNG."""
+    fig, _ = worst_case_figure(images, rows=rows, cols=cols, zoom=zoom)
+    return _png(fig)
 
 
 def _short(name: str, n: int = 24) -> str:
     """A label for user text: at most ``n`` characters, ``$`` escaped (no mathtext)."""
     name = str(name) if len(str(name)) <= n else str(name)[: n - 1] + "…"
     return name.replace("$", r"\$")
+
+
+def _wrap(name: str, width: int = 18, lines: int = 3) -> str:
+    """A long model name on up to ``lines`` lines of ``width`` characters (``$`` escaped).
+
+    Lines break after ``.``, ``:``, ``/``, ``_`` or a space where they can; the last line ends in
+    ``…`` when the name does not fit.
+    """
+    out = [""]
+    for token in re.findall(r"[^.:/_ ]+[.:/_ ]?|[.:/_ ]", str(name)):
+        while token:
+            if out[-1] and len(out[-1]) + len(token) > width:
+                out.append("")
+            room = width - len(out[-1])
+            out[-1], token = out[-1] + token[:room], token[room:]
+    if len(out) > lines:
+        out = out[: lines - 1] + [out[lines - 1][: width - 1] + "…"]
+    return "\n".join(line.strip().replace("$", r"\$") for line in out)
 
 
 def _count(n: float, noun: str) -> str:

@@ -44,6 +44,7 @@ WORST_CASE_FIELDS = (
     "row",
     "col",
     "feature",
+    "why",
 )
 
 

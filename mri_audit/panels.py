@@ -17,26 +17,64 @@ __all__ = ["worst_records", "render_panels"]
 logger = logging.getLogger(__name__)
 
 
+def _disagrees(record: dict) -> bool:
+    """Whether another model's replay of the record's feature has the other hit label."""
+    own = bool(record["hit"])
+    return any(
+        replay is not None and bool(replay.get("hit")) != own
+        for replay in (record.get("transfer") or {}).values()
+    )
+
+
+def _key(record: dict) -> tuple[bool, float]:
+    return bool(record["hit"]), float(record["score"])
+
+
 def worst_records(records: Sequence[dict], model: str, k: int = 6) -> list[dict]:
-    """The ``k`` records of ``model`` with the highest criterion score (hits first), one per
-    slice."""
+    """The worst cases the report shows: at most ``k`` records, one per slice.
+
+    Chosen across attacks and including disagreements: up to a third of the cases (at least one
+    where any exists) are records of any model whose feature is a hit on one model and not on
+    another (its transfer replays), ``model``'s own first; the rest go round-robin over the
+    attacks to ``model``'s records with the highest criterion score, hits first. Each case's
+    ``why`` says which (``worst`` or ``disagree``).
+
+    Args:
+        records: the audit's records (FNAF and degradation, every model).
+        model: the audited model's name.
+        k: how many cases.
+    """
     fnaf = [
         r
         for r in records
-        if r["model"] == model
-        and r.get("kind", "fnaf") == "fnaf"
-        and r["found"]
-        and r.get("score") is not None
+        if r.get("kind", "fnaf") == "fnaf" and r["found"] and r.get("score") is not None
     ]
-    fnaf.sort(key=lambda r: (bool(r["hit"]), r["score"]), reverse=True)
     out, seen = [], set()
-    for r in fnaf:
+
+    def take(r: dict, why: str) -> None:
         key = (r["volume"], int(r["slice"]))
-        if key not in seen:
+        if key not in seen and len(out) < k:
             seen.add(key)
-            out.append(r)
-        if len(out) == k:
-            break
+            out.append(r | {"why": why})
+
+    disagree = sorted(
+        (r for r in fnaf if _disagrees(r)),
+        key=lambda r: (r["model"] == model, *_key(r)),
+        reverse=True,
+    )
+    for r in disagree[: max(1, k // 3)]:
+        take(r, "disagree")
+    by_attack: dict[str, list[dict]] = {}
+    for r in sorted((r for r in fnaf if r["model"] == model), key=_key, reverse=True):
+        by_attack.setdefault(r["attack"], []).append(r)
+    queues = list(by_attack.values())
+    while len(out) < k and any(queues):
+        for queue in queues:
+            while queue:
+                r = queue.pop(0)
+                if (r["volume"], int(r["slice"])) not in seen:
+                    take(r, "worst")
+                    break
     return out
 
 

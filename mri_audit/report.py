@@ -238,7 +238,7 @@ def build_context(audit: AuditInputs) -> dict:
     names = [m["name"] for m in r["models"]]
     shapes = (r.get("data") or {}).get("target_shapes") or []
     shape = tuple(shapes[0]) if shapes else None
-    figs = dict.fromkeys(("heatmap", "histogram", "scatter"))
+    figs = dict.fromkeys(("heatmap", "histogram", "scatter", "curves", "ecdf", "volumes"))
     if audit.records is not None:
         figs |= record_figures(audit)
     if len(names) > 1:
@@ -263,7 +263,11 @@ def build_context(audit: AuditInputs) -> dict:
         "created": r.get("created", "unknown"),
         "device": r.get("device", "unknown"),
         "elapsed": num(elapsed, ".1f") + " s" if elapsed is not None else "n/a",
-        "models": [{k: m.get(k) for k in MODEL_KEYS.split()} for m in r["models"]],
+        "models": [
+            {k: m.get(k) for k in MODEL_KEYS.split()}
+            | {"weights_name": Path(m["weights"]).name if m.get("weights") else None}
+            for m in r["models"]
+        ],
         "names": names,
         "data": {k: data.get(k, "unknown") for k in ("kind", "source", "volumes", "slices")},
         "verdict": _verdict(r, crit),

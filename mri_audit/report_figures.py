@@ -16,10 +16,10 @@ from mri_audit.report_method import SCORE_LABEL, num, rate, score_spec, window_b
 if TYPE_CHECKING:
     from mri_audit.report import AuditInputs
 
-__all__ = ["record_figures", "transfer_section", "worst_cases"]
+__all__ = ["frame_groups", "record_figures", "transfer_section", "worst_cases"]
 
 
-def _frame_groups(frame) -> dict[tuple[str, str], Any]:
+def frame_groups(frame) -> dict[tuple[str, str], Any]:
     """FNAF records grouped by (model, attack), with numeric and boolean columns coerced."""
     import pandas as pd
 
@@ -40,20 +40,27 @@ def record_figures(audit: AuditInputs) -> dict:
     """The per-slice figures of the audit's records under its criterion.
 
     Returns:
-        ``heatmap`` (hit locations), ``histogram`` (the criterion's score with its threshold)
-        and ``scatter`` (evidence ``r₀`` against recovery ``r``), base64 PNGs; empty when the
-        records hold no FNAF attack. Problems are added to ``audit.notes``.
+        ``heatmap`` (hit locations), ``histogram`` (the criterion's score with its threshold),
+        ``scatter`` (evidence ``r₀`` against recovery ``r``), ``curves`` (the attack rate
+        against the threshold) and ``ecdf`` (``r`` and ``r₀`` distributions), base64 PNGs, and
+        ``volumes``, the per-volume table (:func:`mri_audit.report_curves.per_volume`); empty
+        when the records hold no FNAF attack. Problems are added to ``audit.notes``.
     """
     from mri_audit import figures, score_figures
 
     r, out, crit = audit.results, {}, audit.criterion
     try:
-        groups = _frame_groups(audit.records)
+        groups = frame_groups(audit.records)
     except (KeyError, TypeError, ValueError) as err:
         audit.notes.append(f"The records lack expected columns ({err}); per-slice plots omitted.")
         return out
     if not groups:
         return out
+    from mri_audit.report_curves import curve_figures, per_volume
+
+    names = [m["name"] for m in r["models"]]
+    out["volumes"] = per_volume(groups, names)
+    out |= curve_figures(groups, crit, r["verdict"].get("max_attack_rate"))
     mean = (audit.images or {}).get("mean_target")
     shapes = (r.get("data") or {}).get("target_shapes") or []
     shape = tuple(mean.shape) if mean is not None else (tuple(shapes[0]) if shapes else None)
@@ -149,22 +156,32 @@ def _replays(frame, case: dict, names: list[str]) -> dict[str, tuple]:
     except (KeyError, TypeError, ValueError):
         return {}
     out = {}
-    for name in names[1:]:
+    for name in names:
         cols = [f"transfer_{q}:{name}" for q in ("r", "e", "hit")]
-        if len(rows) != 1 or any(c not in rows for c in cols):
+        if name == case["model"] or len(rows) != 1 or any(c not in rows for c in cols):
             continue
         r, e, hit = (rows[c].iloc[0] for c in cols)
+        if str(hit).strip().lower() in ("", "nan", "none"):
+            continue
         out[name] = (r, e, str(hit).strip().lower() in ("true", "1", "1.0"))
     return out
+
+
+def _label(name: str, r, e, hit: bool) -> str:
+    """A model panel's title: name, ``r`` and ``e``, hit label."""
+    values = f"r = {num(float(r), '.3f')}, e = {num(float(e), '.3f')}"
+    return f"{name}\n{values}\n{'HIT' if hit else 'no hit'}"
 
 
 def worst_cases(audit: AuditInputs, names: list[str]) -> list[dict]:
     """Caption and figure of each stored worst case.
 
-    The cases are the audit criterion's selections. Their hit label is re-derived when the report
-    reads the audit under the same criterion (thresholds may differ), and kept, with the audit's
-    criterion named, otherwise. Each model panel is titled with its ``r``, ``e`` and hit label
-    (the other models' from the transfer replays in the records, where present).
+    The cases are the audit criterion's selections, across attacks and including slices where
+    the models disagree (:func:`mri_audit.panels.worst_records`). Their hit label is re-derived
+    when the report reads the audit under the same criterion (thresholds may differ), and kept,
+    with the audit's criterion named, otherwise. Each model panel is titled with its ``r``, ``e``
+    and hit label: the case's own model from the case, the others from the transfer replays of
+    the same feature in the records, where present. ``models`` lists those labels.
     """
     from mri_audit import figures
 
@@ -182,26 +199,28 @@ def worst_cases(audit: AuditInputs, names: list[str]) -> list[dict]:
             "score_label": SCORE_LABEL.get(own, "score"),
             "criterion": own,
             "hit": hit,
+            "why": case.get("why") or "worst",
         }
+        replays = _replays(audit.records, case, names) if own == crit.name else {}
+        labels = {}
+        for name in names:
+            if name == case.get("model"):
+                labels[name] = (case.get("r"), case.get("e"), hit)
+            elif name in replays:
+                labels[name] = replays[name]
+        caption["models"] = [
+            {"name": n, "r": num(float(v[0]), ".3f"), "e": num(float(v[1]), ".3f"), "hit": v[2]}
+            for n, v in labels.items()
+            if v[0] is not None
+        ]
         keys = [f"case{i}_zero_filled", f"case{i}_target"]
         keys += [f"case{i}_model{j}" for j in range(len(names))]
         feature = case.get("feature") or {}
         figure = None
         if images is not None and all(k in images for k in keys) and feature.get("rows"):
-            label = "hit" if hit else "no hit"
-            titles = [
-                f"zero-filled input\nr₀ = {caption['r0']}",
-                "ground truth + feature",
-                f"{names[0]}\nr = {caption['r']}, e = {caption['e']} · {label}",
-            ]
-            replays = _replays(audit.records, case, names) if own == crit.name else {}
-            for name in names[1:]:
-                if name in replays:
-                    r, e, other = replays[name]
-                    rr, ee = num(float(r), ".3f"), num(float(e), ".3f")
-                    titles.append(f"{name}\nr = {rr}, e = {ee} · {'hit' if other else 'no hit'}")
-                else:
-                    titles.append(name)
+            titles = [f"zero-filled input\nr₀ = {caption['r0']}", "ground truth\n+ feature"]
+            for name in names:
+                titles.append(_label(name, *labels[name]) if name in labels else name)
             figure = figures.worst_case_panel(
                 [(t, images[k]) for t, k in zip(titles, keys, strict=True)],
                 rows=feature["rows"],

@@ -5,7 +5,10 @@
   ``r`` against ``r_min``; ``paper``: ``L`` on a log axis against ``τ``, with the no-feature
   control in grey);
 * :func:`recovery_scatter`: evidence ``r₀`` (x) against model recovery ``r`` (y) with the identity
-  line, on which the zero-filled identity lies, and the criterion's hit region; hits are filled.
+  line, on which the zero-filled identity lies, and the criterion's hit region; hits are filled;
+* :func:`threshold_curves`: the attack rate against the criterion's threshold, one panel per
+  attack and a line per model, the used (and default) threshold marked;
+* :func:`recovery_ecdfs`: the distributions (ECDFs) of ``r`` and ``r₀`` per model and attack.
 
 Like :mod:`mri_audit.figures`, each function returns a deterministic base64 PNG.
 """
@@ -21,7 +24,13 @@ from matplotlib.ticker import MaxNLocator
 
 from mri_audit.figures import PALETTE, STYLE, _figure, _grid, _png, _positive, _short
 
-__all__ = ["HISTOGRAM", "score_histograms", "recovery_scatter"]
+__all__ = [
+    "HISTOGRAM",
+    "score_histograms",
+    "recovery_scatter",
+    "threshold_curves",
+    "recovery_ecdfs",
+]
 
 # Per criterion: the plotted quantity (a records column), its axis label, the threshold parameter
 # and its symbol, whether the axis is logarithmic, and on which side of the line the hits lie.
@@ -191,5 +200,106 @@ def recovery_scatter(
             ax.set_title(_short(model, 40))
             for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(label, handle)
+        fig.legend(list(handles.values()), list(handles), loc="outside right upper", frameon=False)
+        return _png(fig)
+
+
+def threshold_curves(
+    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    *,
+    criterion: str,
+    used: float,
+    default: float,
+    limit: float | None = None,
+) -> str:
+    """The attack rate as a function of the criterion's hit threshold, one panel per attack.
+
+    Args:
+        panels: attack -> model -> (thresholds, attack rate at each threshold).
+        criterion: ``erasure`` (x = ``δ``), ``recovery`` (x = ``r_min``) or ``paper`` (x = ``τ``,
+            log axis).
+        used: the threshold the audit (or this re-read) used, marked with a dashed line.
+        default: the criterion's default threshold, marked with a dotted line when it differs.
+        limit: ``--max-attack-rate``, drawn as a horizontal line, or None.
+    """
+    _, _, _, symbol, log, _ = HISTOGRAM[criterion]
+    models = list(_models(panels))
+    colour = {m: PALETTE[(i + 1) % len(PALETTE)] for i, m in enumerate(models)}
+    ncols = max(1, min(3, len(panels)))
+    with rc_context(STYLE):
+        fig = _figure(3.3 * ncols + 1.9, 2.9 * math.ceil(len(panels) / ncols) + 0.1)
+        handles: dict[str, object] = {}
+        for ax, (attack, by_model) in zip(
+            _grid(fig, len(panels), ncols), panels.items(), strict=True
+        ):
+            for model, (x, y) in by_model.items():
+                ax.plot(x, y, color=colour[model], lw=1.5, label=_short(model, 40))
+            ax.axvline(used, color=PALETTE[0], ls="--", lw=1.1, label=f"used {symbol} = {used:g}")
+            if not math.isclose(used, default):
+                ax.axvline(
+                    default,
+                    color="#333333",
+                    ls=":",
+                    lw=1.1,
+                    label=f"default {symbol} = {default:g}",
+                )
+            if limit is not None:
+                ax.axhline(limit, color="#9e9e9e", lw=1.0, label=f"--max-attack-rate {limit:g}")
+            if log:
+                ax.set_xscale("log")
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel(f"threshold {symbol}")
+            ax.set_ylabel("attack rate")
+            ax.set_title(_short(attack, 40))
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, handle)
+        fig.legend(list(handles.values()), list(handles), loc="outside right upper", frameon=False)
+        return _png(fig)
+
+
+def _models(panels: Mapping[str, Mapping]) -> dict[str, None]:
+    return {m: None for p in panels.values() for m in p}
+
+
+def recovery_ecdfs(
+    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    *,
+    guides: Mapping[str, tuple[float, str]] | None = None,
+) -> str:
+    """Distributions (ECDFs) of recovery ``r`` and evidence ``r₀``: one column per attack, a line
+    per model.
+
+    Args:
+        panels: attack -> model -> (r, r₀) of the selected feature of each slice.
+        guides: quantity (``r`` or ``r0``) -> (x, label) of a vertical guide line (a threshold).
+    """
+    guides = guides or {}
+    models = list(_models(panels))
+    colour = {m: PALETTE[(i + 1) % len(PALETTE)] for i, m in enumerate(models)}
+    ncols = len(panels)
+    labels = {"r": "model recovery r", "r0": "evidence r₀ (zero-filled)"}
+    with rc_context(STYLE):
+        fig = _figure(3.0 * ncols + 1.9, 5.4)
+        axes = fig.subplots(2, ncols, squeeze=False)
+        handles: dict[str, object] = {}
+        for j, (attack, by_model) in enumerate(panels.items()):
+            for i, q in enumerate(("r", "r0")):
+                ax = axes[i, j]
+                for model, values in by_model.items():
+                    v = np.sort(_finite(values[i]))
+                    if v.size:
+                        x = np.concatenate([v[:1], v])
+                        y = np.arange(v.size + 1) / v.size
+                        ax.step(x, y, where="post", color=colour[model], lw=1.4, label=model)
+                if q in guides:
+                    x, label = guides[q]
+                    ax.axvline(x, color=PALETTE[0], ls="--", lw=1.0, label=label)
+                ax.set_ylim(0, 1.02)
+                ax.set_xlabel(labels[q])
+                ax.set_ylabel("share of slices ≤ x" if j == 0 else "")
+                if i == 0:
+                    ax.set_title(_short(attack, 40))
+                for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                    handles.setdefault(_short(label, 40), handle)
         fig.legend(list(handles.values()), list(handles), loc="outside right upper", frameon=False)
         return _png(fig)

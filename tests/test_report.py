@@ -12,6 +12,7 @@ from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -24,6 +25,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
 LIGHT = {"slices": 2, "records": False, "images": False}  # no figures: fast
 ARTIFACTS = Path(__file__).parent / "artifacts"
+RECORD_FIGURES = 5  # heatmaps, score histograms, scatter, rate-vs-threshold, r/r₀ distributions
 
 
 class _Tables(HTMLParser):
@@ -97,9 +99,12 @@ def test_report_written_beside_results(audit):
         "verdict",
         "clean",
         "attacks",
+        "volumes",
+        "threshold",
         "locations",
         "scores",
         "recovery",
+        "distributions",
         "transfer",
         "worst",
         "method",
@@ -236,8 +241,8 @@ def test_figures_are_valid_pngs(audit):
 
     _, res, html = audit
     images = data_uris(html)
-    # heatmaps, losses, scatter, transfer, one panel per worst case
-    assert len(images) == 4 + len(res["worst_cases"])
+    # heatmaps, losses, scatter, curves, distributions, transfer, one panel per worst case
+    assert len(images) == RECORD_FIGURES + 1 + len(res["worst_cases"])
     assert len(re.findall(r'<img src="data:image/png;base64,[^"]+" alt="[^"]+">', html)) == len(
         images
     )
@@ -306,7 +311,8 @@ const __ce = console.error;
 console.error = (...a) => { window.__errors.push(a.map(String).join(" ")); __ce(...a); };
 window.addEventListener("load", () => {
   const images = [...document.images].map(i => i.complete && i.naturalWidth > 0);
-  document.title = "CHECK:" + JSON.stringify({images: images, errors: window.__errors});
+  const width = document.documentElement.scrollWidth, viewport = window.innerWidth;
+  document.title = "CHECK:" + JSON.stringify({images, errors: window.__errors, width, viewport});
 });
 </script>"""
 
@@ -339,6 +345,7 @@ def test_report_in_headless_chromium(audit, tmp_path):
             "--enable-logging=stderr",
             "--v=0",
             "--virtual-time-budget=10000",
+            "--window-size=900,1200",
             "--dump-dom",
             page.as_uri(),
         ],
@@ -351,8 +358,10 @@ def test_report_in_headless_chromium(audit, tmp_path):
     assert title, "the checker did not run: " + run.stdout[:500]
     summary = json.loads(unescape(title.group(1)))
     assert summary["errors"] == []
-    assert len(summary["images"]) == 4 + len(res["worst_cases"])
+    assert len(summary["images"]) == RECORD_FIGURES + 1 + len(res["worst_cases"])
     assert all(summary["images"]), summary["images"]
+    # readable at 900 px: nothing makes the page scroll sideways (wide tables scroll in place)
+    assert summary["viewport"] == 900 and summary["width"] <= 900, summary
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
     assert console == [], console
     ARTIFACTS.mkdir(exist_ok=True)
@@ -372,14 +381,29 @@ def test_report_in_headless_chromium(audit, tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert shot.read_bytes().startswith(PNG_SIGNATURE)
+    # A worst case as a reader sees it at 900 px: the report with every other section hidden.
+    only = "<style>header.top, nav.toc, section:not(#worst) { display: none; }</style></head>"
+    worst = tmp_path / "worst.html"
+    worst.write_text(html.replace("</head>", only, 1), encoding="utf-8")
+    shot = ARTIFACTS / "report_worst_case.png"
+    shot.unlink(missing_ok=True)
+    run = subprocess.run(
+        [*base, "--hide-scrollbars", f"--screenshot={shot}", "--window-size=900,1300"]
+        + [worst.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert shot.read_bytes().startswith(PNG_SIGNATURE)
 
 
 def test_heatmap_without_images_uses_blank_backdrop(tmp_path):
     results = build_audit_folder(tmp_path, images=False, slices=2)
     html = render_report(results).read_text(encoding="utf-8")
     assert "audit_images.npz was not found" in html
-    # heatmaps, losses, scatter and transfer; no worst-case panels
-    assert len(data_uris(html)) == 4
+    # the record figures and transfer; no worst-case panels
+    assert len(data_uris(html)) == RECORD_FIGURES + 1
     assert "Images of this case are not available." in html
 
 
@@ -413,7 +437,7 @@ def test_paper_audit_shows_control(tmp_path):
         assert cells[10] == f"{agg['control_loss']['mean']:.2e}"
     assert "Mean control L" in html and "This audit used the criterion paper" in _text(html)
     assert 'id="criterion-paper" class="used"' in html
-    assert len(data_uris(html)) == 4  # heatmaps, histograms (with the control), scatter, transfer
+    assert len(data_uris(html)) == RECORD_FIGURES + 1  # histograms show the control
 
 
 def _journal(results: Path) -> list[dict]:
@@ -629,3 +653,149 @@ def test_reread_real_audit_equals_fresh_audit(tmp_path):
         2,
         "unknown criterion",
     )
+
+
+# ------------------------------------------------- per volume, thresholds, worst cases (issue 13)
+
+
+def _records(results: Path):
+    import pandas as pd
+
+    from mri_audit.report_figures import frame_groups
+    from mri_audit.results import spreadsheet_unsafe
+
+    frame = pd.read_csv(results.parent / "records.csv", dtype={"volume": str})
+    return frame_groups(spreadsheet_unsafe(frame))
+
+
+def test_per_volume_table_recounts_records(audit):
+    results, res, html = audit
+    rows = tables(html)["volume-table"]
+    groups = _records(results)
+    cells = {}
+    for attrs, texts in rows[2:]:
+        if attrs.get("data-volume"):
+            cells[attrs["data-volume"]] = texts[1:]
+    columns = [(m["name"], a) for m in res["models"] for a in FNAF_ATTACKS]
+    assert rows[1][1] == list(FNAF_ATTACKS) * 2
+    volumes = sorted({v for g in groups.values() for v in g["volume"]})
+    assert sorted(cells) == volumes and len(volumes) == 3
+    for volume, texts in cells.items():
+        for (model, attack), text in zip(columns, texts, strict=True):
+            g = groups[(model, attack)]
+            g = g[g["volume"] == volume]
+            assert text == f"{int(g['hit'].sum())}/{len(g)} ({g['hit'].sum() / len(g):.0%})"
+    total = rows[-1][1][1:]
+    for (model, attack), text in zip(columns, total, strict=True):
+        agg = res["attacks"][model][attack]["attack_rate"]
+        assert text.startswith(f"{agg['count']}/{agg['total']} ")
+
+
+def test_rate_curve_is_exact(audit):
+    from mri_audit.criteria import make_criterion
+    from mri_audit.report_curves import rate_curve, threshold_grid
+
+    results, res, _ = audit
+    groups = _records(results)
+    crit = make_criterion("erasure", margin=res["config"]["margin"])
+    for (model, attack), g in groups.items():
+        grid = threshold_grid(crit, g["score"].to_numpy())
+        assert grid[0] == 0 and grid[-1] == 1 and res["config"]["margin"] in grid
+        curve = rate_curve(g, crit, grid)
+        agg = res["attacks"][model][attack]["attack_rate"]
+        assert curve[list(grid).index(res["config"]["margin"])] == agg["count"] / agg["total"]
+        for margin in (0.05, 0.25, 1.0):
+            other = make_criterion("erasure", margin=margin)
+            q = {k: __import__("torch").tensor(g[k].to_numpy()) for k in ("r", "r0", "e")}
+            hits = (other.hit(q).numpy() & g["found"].to_numpy()).sum()
+            assert rate_curve(g, crit, [margin])[0] == hits / len(g)
+        assert all(a >= b for a, b in zip(curve, curve[1:], strict=False))  # never rises
+
+
+@pytest.mark.parametrize("criterion", ["recovery", "paper"])
+def test_rate_curve_other_criteria(tmp_path, criterion):
+    from mri_audit.outputs import criterion_of
+    from mri_audit.report_curves import THRESHOLD, rate_curve, threshold_grid
+
+    results = build_audit_folder(tmp_path, criterion=criterion, slices=2, images=False)
+    res = json.loads(results.read_text())
+    crit = criterion_of(res["config"])
+    used = crit.params()[THRESHOLD[criterion]]
+    for (model, attack), g in _records(results).items():
+        grid = threshold_grid(crit, g["loss"].to_numpy())
+        assert used in grid and (criterion != "paper" or grid[0] > 0)
+        agg = res["attacks"][model][attack]["attack_rate"]
+        assert rate_curve(g, crit, [used])[0] == agg["count"] / agg["total"]
+
+
+def test_worst_cases_across_attacks_with_disagreement(audit):
+    results, res, html = audit
+    cases = res["worst_cases"]
+    assert len(cases) == 6 and len({(c["volume"], c["slice"]) for c in cases}) == 6
+    assert len({c["attack"] for c in cases if c["why"] == "worst"}) == len(FNAF_ATTACKS)
+    groups = _records(results)
+    disagree = [c for c in cases if c["why"] == "disagree"]
+    assert disagree
+    for c in disagree:
+        g = groups[(c["model"], c["attack"])]
+        row = g[(g["volume"] == c["volume"]) & (g["slice"] == c["slice"])].iloc[0]
+        others = [k for k in row.index if k.startswith("transfer_hit:") and str(row[k]) != "nan"]
+        assert any((str(row[k]).lower() == "true") != bool(row["hit"]) for k in others)
+    assert html.count('case-models"') == len(cases)
+    assert "models disagree" in html
+
+
+def test_header_names_weights(audit):
+    _, res, html = audit
+    header = html[html.index('id="header-weights"') : html.index("</header>")]
+    for m in res["models"]:
+        assert Path(m["weights"]).name in header and m["weights_sha256"] in header
+
+
+def _case_images(n_models: int = 2, size: int = 96):
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(0.2, 0.8, (size, size)).astype(np.float32)
+    rows, cols = [40, 40, 41, 42, 42, 43, 43, 44, 45, 45], [50, 51, 51, 51, 52, 52, 53, 53, 53, 54]
+    images = [("zero-filled", truth * 0.9), ("ground truth", truth)]
+    images += [(f"model {j}\nr = 0.5", truth * (1 - 0.1 * j)) for j in range(n_models)]
+    return images, rows, cols
+
+
+def test_worst_case_ticks_beside_the_feature():
+    """The corner ticks never cover a feature pixel: in data units and as drawn."""
+    from matplotlib.collections import LineCollection
+
+    from mri_audit.figures import feature_ticks, worst_case_figure
+
+    images, rows, cols = _case_images()
+    ticks = feature_ticks(rows, cols)
+    assert ticks.shape == (8, 2, 2)
+    for r, c in zip(rows, cols, strict=True):  # pixel (r, c) spans [c ± ½] × [r ± ½]
+        gx = np.maximum(
+            0, np.maximum(ticks[..., 0].min(1) - (c + 0.5), (c - 0.5) - ticks[..., 0].max(1))
+        )
+        gy = np.maximum(
+            0, np.maximum(ticks[..., 1].min(1) - (r + 0.5), (r - 0.5) - ticks[..., 1].max(1))
+        )
+        assert np.hypot(gx, gy).min() >= 1.5
+    fig, zooms = worst_case_figure(images, rows=rows, cols=cols)
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    height = rgba.shape[0]
+    for ax in zooms:
+        (lines,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+        half_width = lines.get_linewidth()[0] * fig.dpi / 72 / 2
+        segments = [ax.transData.transform(seg) for seg in lines.get_segments()]
+        for r, c in zip(rows, cols, strict=True):
+            (x0, y0), (x1, y1) = ax.transData.transform([(c - 0.5, r + 0.5), (c + 0.5, r - 0.5)])
+            for seg in segments:
+                gx = max(0, seg[:, 0].min() - x1, x0 - seg[:, 0].max())
+                gy = max(0, seg[:, 1].min() - y1, y0 - seg[:, 1].max())
+                assert np.hypot(gx, gy) > half_width + 1, (r, c)
+            # as drawn: every screen pixel inside the feature's pixel is grey, not the marker's
+            box = rgba[
+                round(height - y1) + 1 : round(height - y0) - 1, round(x0) + 1 : round(x1) - 1
+            ]
+            assert box.size and np.abs(box[..., 0] - box[..., 2]).max() <= 2, (r, c)
+        # the zoom shows the feature large: each of its pixels at least 5 screen pixels wide
+        assert x1 - x0 >= 5
