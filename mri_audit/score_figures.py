@@ -198,10 +198,8 @@ def recovery_scatter(
             ax.set_xlabel("evidence r₀ (zero-filled)")
             ax.set_ylabel("model recovery r")
             ax.set_title(_short(model, 40))
-            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                handles.setdefault(label, handle)
-        fig.legend(list(handles.values()), list(handles), loc="outside right upper", frameon=False)
-        return _png(fig)
+            _collect(ax, handles)
+        return _legend_png(fig, handles)
 
 
 def threshold_curves(
@@ -251,10 +249,20 @@ def threshold_curves(
             ax.set_xlabel(f"threshold {symbol}")
             ax.set_ylabel("attack rate")
             ax.set_title(_short(attack, 40))
-            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                handles.setdefault(label, handle)
-        fig.legend(list(handles.values()), list(handles), loc="outside right upper", frameon=False)
-        return _png(fig)
+            _collect(ax, handles)
+        return _legend_png(fig, handles)
+
+
+def _collect(ax, handles: dict) -> None:
+    """Add ``ax``'s legend entries to ``handles`` (one entry per label across panels)."""
+    for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+        handles.setdefault(label, handle)
+
+
+def _legend_png(fig, handles: dict) -> str:
+    """One legend for the whole figure, then the figure as a base64 PNG."""
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", frameon=False)
+    return _png(fig)
 
 
 def _models(panels: Mapping[str, Mapping]) -> dict[str, None]:
