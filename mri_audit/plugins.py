@@ -66,6 +66,7 @@ __all__ = [
     "load_state_dict",
     "apply_weights",
     "sha256_file",
+    "imported_packages",
 ]
 
 logger = logging.getLogger(__name__)
@@ -297,6 +298,38 @@ def _load_from_file(spec: str, target: str, name: str, args: dict[str, object]) 
             f"({shown} {_describe_names(module)})"
         )
     return _loaded(_build(module, name, shown, args), spec, f"{shown}:{name}", "file", path)
+
+
+def imported_packages(model: nn.Module) -> dict[str, str]:
+    """The installed distributions (name -> version) a model's code imports, for provenance.
+
+    Looks at the modules of the model's class and its bases, and at what those modules import
+    (modules, or names imported from them); the standard library and the plugin file itself
+    have no distribution and are left out.
+    """
+    import importlib.metadata as metadata
+    import types
+
+    tops: set[str] = set()
+    for cls in type(model).__mro__:
+        mod = sys.modules.get(cls.__module__)
+        if mod is None:
+            continue
+        tops.add(cls.__module__.split(".")[0])
+        for value in vars(mod).values():
+            if isinstance(value, types.ModuleType):
+                tops.add(value.__name__.split(".")[0])
+            elif isinstance(getattr(value, "__module__", None), str):
+                tops.add(value.__module__.split(".")[0])
+    dists = metadata.packages_distributions()
+    out: dict[str, str] = {}
+    for top in sorted(tops):
+        for dist in dists.get(top, []):
+            try:
+                out[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+    return dict(sorted(out.items()))
 
 
 def _load_from_module(spec: str, target: str, name: str, args: dict[str, object]) -> LoadedModel:

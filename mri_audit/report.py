@@ -27,7 +27,9 @@ from mri_audit.report_figures import record_figures, transfer_section, worst_cas
 from mri_audit.report_method import SCORE_LABEL, fmt, methodology, num, pct, rate, score_spec
 from mri_audit.results import SCHEMA_VERSION, atomic_write
 
-MODEL_KEYS = "name spec kind source_sha256 weights weights_sha256 domain normalize parameters"
+MODEL_KEYS = (
+    "name spec kind source_sha256 weights weights_sha256 domain normalize parameters packages"
+)
 __all__ = ["AuditInputs", "load_audit", "build_context", "render_html", "render_report"]
 
 

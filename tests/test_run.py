@@ -499,3 +499,13 @@ def test_data_provenance_names_and_hashes_every_file(audit, singlecoil_dir):
         assert f["slices"] >= 1 and f["target"] == "reconstruction_esc"
     html = (audit / "report.html").read_text()
     assert 'id="data-files"' in html and all(f["sha256"] in html for f in files)
+
+
+def test_models_record_the_packages_their_code_imports(audit):
+    import torch
+
+    results = json.loads((audit / "results.json").read_text())
+    for m in results["models"]:
+        assert m["packages"] == {"torch": torch.__version__}
+    html = (audit / "report.html").read_text()
+    assert f"torch {torch.__version__}" in html

@@ -35,7 +35,7 @@ def _versions() -> dict:
 
 
 def _model_info(opened, spec: str, weights: str | None, name: str, args: dict) -> dict:
-    from mri_audit.plugins import sha256_file
+    from mri_audit.plugins import imported_packages, sha256_file
 
     loaded = opened.loaded
     src = loaded.source_path
@@ -51,6 +51,7 @@ def _model_info(opened, spec: str, weights: str | None, name: str, args: dict) -
         "normalize": opened.estimator.normalize,
         "parameters": opened.parameters,
         "model_args": {k: repr(v) for k, v in args.items()},
+        "packages": imported_packages(loaded.module) if loaded.kind != "torchscript" else {},
     }
 
 
