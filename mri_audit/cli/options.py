@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import click
@@ -22,6 +23,7 @@ class BatchSizeType(click.ParamType):
     """``auto`` (returned as None) or a positive integer."""
 
     name = "auto|N"
+    description = "'auto' or a positive integer"  # in words, for config-file errors
 
     def convert(self, value, param, ctx):
         if value is None:
@@ -36,6 +38,25 @@ class BatchSizeType(click.ParamType):
         if n < 1:
             self.fail(f"must be 'auto' or a positive integer, got {value!r}", param, ctx)
         return n
+
+
+class _Finite:
+    """Refuses ``inf`` and ``nan``, which Python's ``float()`` (and click) accept."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)  # type: ignore[misc]
+        if isinstance(rv, float) and not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)  # type: ignore[attr-defined]
+        return rv
+
+
+class FiniteFloat(_Finite, click.types.FloatParamType):
+    """A float option that refuses ``inf`` and ``nan``."""
+
+
+class FiniteFloatRange(_Finite, click.FloatRange):
+    """:class:`click.FloatRange` that also refuses ``nan`` (which passes every bound) and
+    ``inf``."""
 
 
 device_option = click.option(
@@ -85,14 +106,14 @@ model_options = _compose(
 mask_options = _compose(
     click.option(
         "--accel",
-        type=float,
+        type=FiniteFloat(),
         default=4.0,
         show_default=True,
         help="Acceleration (undersampling factor, >= 1).",
     ),
     click.option(
         "--center-fraction",
-        type=float,
+        type=FiniteFloat(),
         default=None,
         help="Fraction of centre columns always sampled [default: 0.08 at 4x, 0.04 at 8x, "
         "0.32/accel otherwise].",
@@ -128,9 +149,9 @@ data_options = _compose(
 
 def check_acceleration(accel: float, center_fraction: float | None) -> None:
     """One-line errors for impossible mask settings."""
-    if not accel >= 1:
+    if not 1 <= accel < math.inf:  # nan fails too
         raise UsageError(f"--accel must be >= 1 (1 = fully sampled), got {accel:g}")
-    if center_fraction is not None and not 0 < center_fraction <= 1:
+    if center_fraction is not None and not 0 < center_fraction <= 1:  # nan fails too
         raise UsageError(f"--center-fraction must be in (0, 1], got {center_fraction:g}")
 
 
@@ -149,7 +170,7 @@ criterion_option = click.option(
 
 margin_option = click.option(
     "--margin",
-    type=click.FloatRange(min=0, max=1, min_open=True),
+    type=FiniteFloatRange(min=0, max=1, min_open=True),
     default=0.1,
     show_default=True,
     help="δ of --criterion erasure: a hit when the model removes at least this share of the "

@@ -10,6 +10,7 @@ import click
 
 from mri_audit.cli.options import (
     BatchSizeType,
+    FiniteFloatRange,
     check_acceleration,
     criterion_option,
     data_options,
@@ -116,7 +117,7 @@ def _parse_attack_params(values, attacks) -> dict[str, dict]:
 @margin_option
 @click.option(
     "--min-recovery",
-    type=click.FloatRange(min=0, max=1, min_open=True),
+    type=FiniteFloatRange(min=0, max=1, min_open=True),
     default=0.5,
     show_default=True,
     help="r_min of --criterion recovery: a hit when the model shows less than this share of "
@@ -124,21 +125,21 @@ def _parse_attack_params(values, attacks) -> dict[str, dict]:
 )
 @click.option(
     "--threshold",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=1e-3,
     show_default=True,
     help="τ of --criterion paper: a hit when the FNAF loss L (over 320x320) >= τ.",
 )
 @click.option(
     "--ip-epsilon",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=1e-4,
     show_default=True,
     help="ε of --criterion paper: information preservation needs the IP distance D >= ε.",
 )
 @click.option(
     "--window",
-    type=click.FloatRange(min=0, max=1, min_open=True),
+    type=FiniteFloatRange(min=0, max=1, min_open=True),
     default=0.375,
     show_default=True,
     help="Centred window (fraction of each side) features live in.",
@@ -197,7 +198,7 @@ def _parse_attack_params(values, attacks) -> dict[str, dict]:
 )
 @click.option(
     "--max-attack-rate",
-    type=click.FloatRange(0, 1),
+    type=FiniteFloatRange(0, 1),
     default=None,
     help="Exit with status 3 when the model's worst attack rate exceeds this.",
 )
