@@ -4,13 +4,18 @@ Both datasets yield :class:`SliceSample` items with fastMRI's conventions: nativ
 ``(coils, H, W)`` (single-coil files get ``coils = 1``), the reference magnitude
 (``reconstruction_esc`` / ``reconstruction_rss``) and the volume's file name, which seeds the
 per-volume mask (:func:`mri_audit.physics.volume_seed`).
+
+Data is checked before any model pass: opening a :class:`SliceDataset` validates every kept
+slice (:mod:`mri_audit.data_checks`); ``invalid_reason(i)`` then says, without I/O, why slice ``i``
+cannot be audited (or None), and ``valid_indices()`` lists the others. A file with a bad ``max``
+attribute or with no valid slice is a :class:`~mri_audit.errors.DataError`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,9 +24,10 @@ import numpy as np
 import torch
 
 from mri_audit import phantoms
+from mri_audit.batching import SliceBatch, collate, iter_batches, valid_indices
+from mri_audit.data_checks import check_volumes, rss_target, size_reason, summarize
 from mri_audit.errors import DataError
 from mri_audit.fastmri_io import VolumeInfo, inspect_file, resolve_files
-from mri_audit.physics import center_crop, ifft2c, rss
 
 __all__ = [
     "BUILTIN_TRAIN",
@@ -30,6 +36,7 @@ __all__ = [
     "SliceBatch",
     "collate",
     "iter_batches",
+    "valid_indices",
     "SliceDataset",
     "SyntheticDataset",
     "open_dataset",
@@ -67,76 +74,6 @@ class SliceSample(NamedTuple):
     attrs: dict
 
 
-class SliceBatch(NamedTuple):
-    """Slices of equal shape stacked into a batch.
-
-    Shape:
-        kspace: ``(B, coils, H, W)`` complex64; target: ``(B, h, w)`` float32;
-        max_values: ``(B,)`` float32.
-    """
-
-    kspace: torch.Tensor
-    target: torch.Tensor
-    volumes: list[str]
-    slices: list[int]
-    max_values: torch.Tensor
-
-    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> SliceBatch:
-        """The same batch with its tensors on ``device``."""
-        return self._replace(
-            kspace=self.kspace.to(device, non_blocking=non_blocking),
-            target=self.target.to(device, non_blocking=non_blocking),
-            max_values=self.max_values.to(device, non_blocking=non_blocking),
-        )
-
-    @property
-    def batch_size(self) -> int:
-        """The number of slices in the batch."""
-        return len(self.volumes)
-
-
-def collate(samples: Sequence[SliceSample]) -> SliceBatch:
-    """Stack samples into a :class:`SliceBatch` (usable as a DataLoader ``collate_fn``).
-
-    Raises:
-        ValueError: no samples, or samples whose k-space or target shapes differ.
-    """
-    if not samples:
-        raise ValueError("cannot collate an empty list of slices")
-    k_shapes = {tuple(s.kspace.shape) for s in samples}
-    t_shapes = {tuple(s.target.shape) for s in samples}
-    if len(k_shapes) > 1 or len(t_shapes) > 1:
-        raise ValueError(
-            f"cannot batch slices of different shapes: k-space {sorted(k_shapes)}, "
-            f"target {sorted(t_shapes)}; use iter_batches to group them by shape"
-        )
-    return SliceBatch(
-        kspace=torch.stack([s.kspace for s in samples]),
-        target=torch.stack([s.target for s in samples]),
-        volumes=[s.volume for s in samples],
-        slices=[int(s.slice) for s in samples],
-        max_values=torch.tensor([s.max_value for s in samples], dtype=torch.float32),
-    )
-
-
-def iter_batches(dataset: Sequence[SliceSample], batch_size: int) -> Iterator[SliceBatch]:
-    """Batches of up to ``batch_size`` consecutive slices; a change of shape starts a new batch."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    group: list[SliceSample] = []
-    key = None
-    for i in range(len(dataset)):
-        sample = dataset[i]
-        sample_key = (tuple(sample.kspace.shape), tuple(sample.target.shape))
-        if group and (sample_key != key or len(group) == batch_size):
-            yield collate(group)
-            group = []
-        group.append(sample)
-        key = sample_key
-    if group:
-        yield collate(group)
-
-
 def central_slices(num_slices: int, max_slices: int | None) -> list[int]:
     """The ``max_slices`` slice indices closest to the middle of the volume, in order."""
     if max_slices is None or max_slices >= num_slices:
@@ -153,8 +90,11 @@ def _check_limit(name: str, value: int | None) -> None:
 class SliceDataset(torch.utils.data.Dataset):
     """Slices of fastMRI HDF5 files, read lazily.
 
-    Every file is validated once, up front, from its metadata; bad data raises
-    :class:`~mri_audit.errors.DataError` with one line naming the file and the fix.
+    Every file is validated once, up front: its metadata and attrs, then every kept slice's
+    k-space and target, read in chunks (:func:`~mri_audit.data_checks.scan_volume`). Bad files
+    (a bad ``max`` attribute, bad header sizes, no valid slice) raise
+    :class:`~mri_audit.errors.DataError` with one line naming the file and the fix; invalid
+    slices in an otherwise good file are kept, with a reason (:meth:`invalid_reason`).
 
     Args:
         source: a ``.h5`` file, a folder of them (sorted by name, non-recursive) or a list.
@@ -182,7 +122,16 @@ class SliceDataset(torch.utils.data.Dataset):
             for v, vol in enumerate(self._volumes)
             for s in central_slices(vol.num_slices, max_slices)
         ]
-        self._max_cache: dict[int, float] = {}
+        kept = [central_slices(vol.num_slices, max_slices) for vol in self._volumes]
+        self._invalid, self._peaks = check_volumes(self._volumes, kept)
+
+    def invalid_reason(self, index: int) -> str | None:
+        """Why item ``index`` cannot be audited (a short phrase), or None if it can (no I/O)."""
+        return self._invalid.get(range(len(self))[index])
+
+    def valid_indices(self) -> list[int]:
+        """The indices of the items that can be audited, in order (no I/O)."""
+        return [i for i in range(len(self)) if i not in self._invalid]
 
     @property
     def volumes(self) -> list[str]:
@@ -217,7 +166,7 @@ class SliceDataset(torch.utils.data.Dataset):
             ) from None
         kspace_t = torch.from_numpy(kspace.reshape(vol.kspace_shape))
         if target is None:
-            target_t = _rss_target(kspace_t, vol.target_shape)
+            target_t = rss_target(kspace_t, vol.target_shape)
         else:
             target_t = torch.from_numpy(target)
         return SliceSample(
@@ -230,22 +179,12 @@ class SliceDataset(torch.utils.data.Dataset):
         )
 
     def _max_value(self, v: int) -> float:
-        """The volume's target maximum: attrs ``max``, else computed once (all slices)."""
+        """The volume's target maximum: attrs ``max`` (validated), else the finite maximum over
+        all its slices (computed when the dataset was opened)."""
         vol = self._volumes[v]
         if "max" in vol.attrs:
             return float(vol.attrs["max"])
-        if v not in self._max_cache:
-            with h5py.File(vol.path, "r", locking=False) as hf:
-                if vol.target_key is not None:
-                    peak = float(np.max(hf[vol.target_key][()]))
-                else:
-                    peak = 0.0
-                    for i in range(vol.num_slices):
-                        k = np.asarray(hf["kspace"][i], np.complex64).reshape(vol.kspace_shape)
-                        target = _rss_target(torch.from_numpy(k), vol.target_shape)
-                        peak = max(peak, float(target.max()))
-            self._max_cache[v] = peak
-        return self._max_cache[v]
+        return self._peaks[v]
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary for the results file."""
@@ -262,6 +201,7 @@ class SliceDataset(torch.utils.data.Dataset):
             "max_volumes": self.max_volumes,
             "max_slices": self.max_slices,
             "files": self.file_digests(),
+            "invalid_slices": summarize(self._invalid),
         }
 
     def file_digests(self) -> list[dict[str, Any]]:
@@ -281,16 +221,6 @@ class SliceDataset(torch.utils.data.Dataset):
         return self._digests
 
 
-def _rss_target(kspace: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Centre-cropped RSS of the fully-sampled coil images (fallback target).
-
-    Shape:
-        kspace: ``(coils, H, W)`` complex; returns ``(h, w)`` float32.
-    """
-    image = rss(ifft2c(kspace.to(torch.complex128)), dim=0)
-    return center_crop(image, shape).to(torch.float32).contiguous()
-
-
 def _shapes(shapes) -> list[list[int]]:
     return [list(t) for t in sorted({tuple(int(n) for n in sh) for sh in shapes})]
 
@@ -303,7 +233,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
     ids, so held-out evaluation never sees a training volume, and ``harden`` chooses its kept
     weights on ``select``, never on the ``val`` volumes that audits report. Items are
     :class:`SliceSample` s named like fastMRI files (``synth_val_0000.h5``) so masks are seeded
-    per volume exactly as for real data.
+    per volume exactly as for real data. Phantom slices are finite and non-zero by construction
+    and sizes below :data:`~mri_audit.data_checks.MIN_SIDE` are refused, so every slice is valid.
 
     Args:
         split: ``"val"``, ``"train"`` or ``"select"``.
@@ -339,6 +270,9 @@ class SyntheticDataset(torch.utils.data.Dataset):
         for name, value in (("volumes", volumes), ("slices", slices), ("coils", coils)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        too_small = size_reason(tuple(kspace_shape or (size, size)), (size, size))
+        if too_small is not None:
+            raise ValueError(f"size and kspace_shape: {too_small}")
         _check_limit("max_volumes", max_volumes)
         _check_limit("max_slices", max_slices)
         self.split, self.seed, self.noise = split, seed, noise
@@ -398,6 +332,16 @@ class SyntheticDataset(torch.utils.data.Dataset):
         names = self.volumes
         return [(names[v], int(s)) for v, s in self._examples]
 
+    def invalid_reason(self, index: int) -> str | None:
+        """Why item ``index`` cannot be audited: always None (phantoms are valid); no I/O."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} slices")
+        return None
+
+    def valid_indices(self) -> list[int]:
+        """The indices of the items that can be audited: all of them."""
+        return list(range(len(self)))
+
     def __getitem__(self, index: int) -> SliceSample:
         v, s = self._examples[index]
         kspace, target, attrs = self._volume(v)
@@ -425,6 +369,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
             "noise": self.noise,
             "max_volumes": self.max_volumes,
             "max_slices": self.max_slices,
+            "invalid_slices": {},
         }
 
 

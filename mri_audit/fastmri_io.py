@@ -6,6 +6,11 @@ multi-coil, complex64), the reference ``reconstruction_esc`` (single-coil) or
 ``patient_id``, and an ``ismrmrd_header`` XML whose encoding sizes fastMRI's own ``SliceDataset``
 parses. Validation problems raise :class:`~mri_audit.errors.DataError` with one line naming the
 file and the fix.
+
+Of the attrs, only ``max`` is used (as the metrics' data range): it must be a finite positive real
+scalar when present. ``norm``, ``acquisition`` and ``patient_id`` are carried as metadata only, and
+the header's encoding sizes (used for the fallback target size) must lie in
+``1..MAX_HEADER_SIZE``. Per-slice checks of the data itself live in :mod:`mri_audit.data_checks`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from mri_audit.errors import DataError
 
 __all__ = [
     "ISMRMRD_NS",
+    "MAX_HEADER_SIZE",
     "TARGET_KEYS",
     "VolumeInfo",
     "ismrmrd_header",
@@ -31,6 +37,7 @@ __all__ = [
     "inspect_file",
     "resolve_files",
     "plain",
+    "max_attr_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -38,6 +45,7 @@ logger = logging.getLogger(__name__)
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 TARGET_KEYS = ("reconstruction_esc", "reconstruction_rss")
 _PIXEL_MM = 0.4375  # fastMRI knee: 140 mm over 320 px
+MAX_HEADER_SIZE = 65536  # a header matrix size above this is corrupt, not a scanner's
 
 
 def ismrmrd_header(kspace_shape: Sequence[int], size: int | Sequence[int], slices: int) -> bytes:
@@ -79,14 +87,45 @@ def ismrmrd_header(kspace_shape: Sequence[int], size: int | Sequence[int], slice
 
 
 def plain(value: Any) -> Any:
-    """h5py/numpy attribute values as plain python (for JSON and pickling)."""
+    """h5py/numpy attribute values as plain python (for JSON and pickling).
+
+    Strings, numbers, booleans and (nested) lists of them come back as such; anything else (an
+    HDF5 reference, a compound record) as its ``repr``, so metadata can never break a later step.
+    """
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
+        return [plain(v) for v in value.tolist()] if value.ndim else plain(value.item())
+    if isinstance(value, np.generic):
+        return plain(value.item())
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return repr(value)
+
+
+def max_attr_problem(value: Any) -> str | None:
+    """What is wrong with a raw ``max`` attribute value, or None when it is usable.
+
+    Usable means a finite positive real scalar (an int or float, numpy's included); 0, NaN, inf,
+    negative numbers, strings, bytes, booleans, complex numbers and arrays are not.
+    """
+    if isinstance(value, np.ndarray):
+        if value.ndim:
+            return f"an array of shape {tuple(value.shape)}"
+        value = value[()]
+    if isinstance(value, (bytes, np.bytes_, str)):
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        return f"the string {text[:40]!r}"
+    if isinstance(value, (complex, np.complexfloating)):
+        return f"the complex number {value}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return f"a {type(value).__name__}, not a number"
+    number = float(value)
+    if not np.isfinite(number) or number <= 0:
+        return f"{number:g}" if np.isfinite(number) else str(number)
+    return None
 
 
 def parse_ismrmrd_header(header: bytes | str) -> dict[str, Any]:
@@ -164,12 +203,15 @@ def inspect_file(path: Path) -> VolumeInfo:
         num_slices, grid = int(shape[0]), (int(shape[2]), int(shape[3]))
         if num_slices < 1 or min(shape[1:]) < 1:
             raise _fail(path, f"k-space is empty (shape {ds.shape})", "re-create the file")
-        attrs = {k: plain(v) for k, v in hf.attrs.items()}
+        attrs = _read_attrs(path, hf)
         if "ismrmrd_header" in hf:
             try:
-                attrs.update(parse_ismrmrd_header(hf["ismrmrd_header"][()]))
+                header = parse_ismrmrd_header(hf["ismrmrd_header"][()])
             except (OSError, TypeError) as err:
                 logger.debug("%s: unreadable ismrmrd_header (%s)", path, err)
+            else:
+                _check_header_sizes(path, header)
+                attrs.update(header)
         preferred = TARGET_KEYS if ds.ndim == 3 else TARGET_KEYS[::-1]
         target_key = next((k for k in preferred if k in hf), None)
         if target_key is not None:
@@ -199,6 +241,38 @@ def inspect_file(path: Path) -> VolumeInfo:
             )
     attrs.update(target_key=target_key, num_slices=num_slices)
     return VolumeInfo(path, num_slices, tuple(shape[1:]), target_key, target_shape, attrs)
+
+
+def _read_attrs(path: Path, hf: h5py.File) -> dict[str, Any]:
+    """The file's attrs as plain python; a bad ``max`` is a :class:`DataError`."""
+    try:
+        raw = dict(hf.attrs.items())
+    except (OSError, TypeError, ValueError) as err:
+        raise _fail(path, f"unreadable attributes ({err})", "re-create the file") from None
+    if "max" in raw:
+        problem = max_attr_problem(raw["max"])
+        if problem is not None:
+            raise _fail(
+                path,
+                f"attribute 'max' is {problem}; it must be the volume's finite positive target "
+                "maximum",
+                "fix it or delete it (mri-audit then computes it from the target)",
+            )
+        raw["max"] = float(np.asarray(raw["max"]))
+    return {k: plain(v) for k, v in raw.items()}
+
+
+def _check_header_sizes(path: Path, header: dict[str, Any]) -> None:
+    """Encoding and recon sizes must be in ``1..MAX_HEADER_SIZE`` (a :class:`DataError`)."""
+    for key, space in (("encoding_size", "encodedSpace"), ("recon_size", "reconSpace")):
+        size = header.get(key)
+        if size is not None and not all(1 <= n <= MAX_HEADER_SIZE for n in size):
+            raise _fail(
+                path,
+                f"ismrmrd_header {space} matrixSize is {'x'.join(map(str, size))}; each size "
+                f"must be between 1 and {MAX_HEADER_SIZE}",
+                "fix the header or delete the ismrmrd_header dataset",
+            )
 
 
 def resolve_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:

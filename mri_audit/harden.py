@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from mri_audit.blending import blend_alphas, blend_weights
-from mri_audit.data import collate, iter_batches
+from mri_audit.data import collate, iter_batches, valid_indices
 from mri_audit.engine import FnafEngine
 from mri_audit.features import insert, paint, prepare_context
 from mri_audit.losses import LOSSES, image_loss, pixel_loss
@@ -97,7 +97,8 @@ class Trainer:
     Args:
         estimator: the model and its forward operator (its parameters' ``requires_grad`` say
             which are trained; frozen ones stay unchanged).
-        train_set, val_set: datasets of ``SliceSample``.
+        train_set, val_set: datasets of ``SliceSample``; only their valid slices
+            (``valid_indices()``) are ever trained or validated on.
         config: the run's settings.
         attack_classes: ``{"fnaf-rs": cls, "fnaf-pgd": cls}`` from the registry.
         checkpoint: path of the resumable checkpoint.
@@ -128,6 +129,7 @@ class Trainer:
         self.est = estimator
         self.model = estimator.model
         self.train_set, self.val_set = train_set, val_set
+        self.train_indices = valid_indices(train_set)  # invalid slices are never trained on
         self.config = config
         self.attack_classes = attack_classes
         self.checkpoint, self.out = Path(checkpoint), Path(out)
@@ -156,7 +158,7 @@ class Trainer:
             a: make_mask_func(config.mask_type, a, config.center_fraction) for a in config.accels
         }
         global_batch = config.batch_size * world_size
-        self.steps_per_epoch = config.steps or max(1, len(train_set) // global_batch)
+        self.steps_per_epoch = config.steps or max(1, len(self.train_indices) // global_batch)
         self.history: list[dict] = []
         self.blends: list[dict] | None = None
         # The weights before any step (loaded checkpoints replace the model's, not these).
@@ -171,15 +173,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ sampling
     def _batch_indices(self, epoch: int, step: int) -> list[int]:
-        order = np.random.default_rng(_key(self.config.seed, 1, epoch)).permutation(
-            len(self.train_set)
-        )
+        valid = self.train_indices
+        order = np.random.default_rng(_key(self.config.seed, 1, epoch)).permutation(len(valid))
         b = self.config.batch_size
         global_b = b * self.world_size
         start = (step * global_b) % max(1, len(order))
         picked = np.resize(np.roll(order, -start), global_b)
         # Each rank takes its own part of the step's global batch.
-        return [int(i) for i in picked[self.rank * b : (self.rank + 1) * b]]
+        return [valid[int(i)] for i in picked[self.rank * b : (self.rank + 1) * b]]
 
     def _train_masks(self, epoch: int, step: int) -> Callable[[str, int], Mask]:
         accels = self.config.accels
@@ -292,7 +293,7 @@ class Trainer:
         )
         metrics, hits, total = VolumeMetrics(), 0, 0
         per = max(1, math.ceil(2 * cfg.candidate_batch / cfg.val_candidates))
-        for batch in iter_batches(self.val_set, per):
+        for batch in iter_batches(self.val_set, per, valid_indices(self.val_set)):
             batch = batch.to(self.device)
             ctx = prepare_context(
                 batch.kspace,

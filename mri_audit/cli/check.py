@@ -39,7 +39,7 @@ def check(
     from tqdm import tqdm
 
     from mri_audit.cli.setup import build_mask_func, open_data, open_models, resolve_device
-    from mri_audit.data import iter_batches
+    from mri_audit.data import iter_batches, valid_indices
     from mri_audit.metrics import VolumeMetrics
     from mri_audit.physics import mask_to_tensor, volume_seed, zero_filled
 
@@ -58,13 +58,14 @@ def check(
         need_gradient=False,
     )
     est = opened.estimator
+    valid = valid_indices(dataset)  # invalid slices are counted, never given to the model
     model_m, zf_m = VolumeMetrics(), VolumeMetrics()
     masks: dict[str, torch.Tensor] = {}
     with est.evaluation(), torch.inference_mode():
-        batches = iter_batches(dataset, batch_size)
+        batches = iter_batches(dataset, batch_size, valid)
         for batch in tqdm(
             batches,
-            total=-(-len(dataset) // batch_size),
+            total=-(-len(valid) // batch_size),
             desc="check",
             unit="batch",
             leave=False,
@@ -91,9 +92,13 @@ def check(
     click.echo(f"parameters  {opened.parameters:,} ({opened.trainable:,} trainable)")
     click.echo(f"device      {dev}")
     click.echo(
-        f"data        {described.get('source', data)}: {len(dataset)} slices, "
+        f"data        {described.get('source', data)}: {len(valid)} slices, "
         f"{len(model_m)} volumes, {mask_type} mask {accel:g}x"
     )
+    skipped = described.get("invalid_slices") or {}
+    if skipped:
+        counts = "; ".join(f"{reason}: {n}" for reason, n in skipped.items())
+        click.echo(f"skipped     {sum(skipped.values())} invalid slices ({counts})")
     click.echo("")
     click.echo(f"{'':12}{'SSIM':>8}{'NMSE':>10}{'PSNR':>8}")
     click.echo(f"{'model':12}{m['ssim']:8.4f}{m['nmse']:10.5f}{m['psnr']:8.2f}")

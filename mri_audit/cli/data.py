@@ -113,7 +113,7 @@ def synth(
     "--max-slices", type=click.IntRange(min=1), default=None, help="Central N slices per volume."
 )
 def info(path: Path, max_volumes: int | None, max_slices: int | None) -> None:
-    """Check a fastMRI .h5 file or folder and describe it."""
+    """Check a fastMRI .h5 file or folder (attrs and every slice) and describe it."""
     from mri_audit.data import open_dataset
 
     dataset = open_dataset(path, max_volumes=max_volumes, max_slices=max_slices)
@@ -128,3 +128,6 @@ def info(path: Path, max_volumes: int | None, max_slices: int | None) -> None:
     click.echo(f"k-space:  {shapes('kspace_shapes')}")
     click.echo(f"target:   {shapes('target_shapes')}")
     click.echo(f"coils:    {', '.join(map(str, desc['coils']))}")
+    invalid = desc.get("invalid_slices") or {}
+    counts = "; ".join(f"{reason}: {n}" for reason, n in invalid.items())
+    click.echo(f"invalid:  {sum(invalid.values())} slices" + (f" ({counts})" if counts else ""))

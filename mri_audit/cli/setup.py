@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mri_audit.data import SliceBatch, collate, open_dataset
+from mri_audit.data import SliceBatch, collate, open_dataset, valid_indices
 from mri_audit.device import resolve_device
 from mri_audit.errors import DataError
 from mri_audit.physics import MaskFunc, make_mask_func
@@ -22,12 +22,27 @@ def build_mask_func(mask_type: str, accel: float, center_fraction: float | None)
     return make_mask_func(mask_type, accel, center_fraction)
 
 
+def probe_batch(dataset, source: str | None = None) -> SliceBatch:
+    """A one-slice batch for the model dry run: the dataset's first *valid* slice.
+
+    A slice with NaN/Inf or all-zero k-space would make a sound model look broken, so the dry
+    run never uses one.
+
+    Raises:
+        DataError: the dataset has no valid slice.
+    """
+    valid = valid_indices(dataset)
+    if not valid:
+        raise DataError(f"no slice to audit in {source or 'the data'} (every slice is invalid)")
+    return collate([dataset[valid[0]]])
+
+
 def open_data(data: str | None, max_volumes: int | None, max_slices: int | None):
-    """The dataset, and a one-slice probe batch for the model dry run."""
+    """The dataset (every slice checked), and a one-slice probe batch for the model dry run."""
     dataset = open_dataset(data, max_volumes=max_volumes, max_slices=max_slices)
     if len(dataset) == 0:
         raise DataError(f"no slices to audit in {data or 'the built-in set'}")
-    return dataset, collate([dataset[0]])
+    return dataset, probe_batch(dataset, data or "the built-in set")
 
 
 def open_models(
@@ -66,4 +81,4 @@ def open_models(
     return opened
 
 
-__all__ = ["build_mask_func", "open_data", "open_models", "resolve_device"]
+__all__ = ["build_mask_func", "open_data", "open_models", "probe_batch", "resolve_device"]
