@@ -18,7 +18,7 @@ import torch
 
 from mri_audit.attack import FnafAttack, result_records
 from mri_audit.criteria import DEFAULT_CRITERION, QUANTITIES, make_criterion
-from mri_audit.data import SliceBatch, collate
+from mri_audit.data import SliceBatch, collate, valid_indices
 from mri_audit.degradation import degradation_records
 from mri_audit.engine import FnafEngine
 from mri_audit.errors import MriAuditError
@@ -170,11 +170,12 @@ class Auditor:
         return max(1, math.ceil(2 * self.config.batch_size / self.config.candidates))
 
     def batch_plan(self) -> list[list[int]]:
-        """Dataset indices of each slice batch: consecutive slices of one shape (no I/O)."""
+        """Dataset indices of each slice batch: consecutive valid slices of one shape (no I/O).
+        Invalid slices (see :meth:`invalid_records`) are never batched."""
         plan: list[list[int]] = []
         current: list[int] = []
         key = None
-        for i in range(len(self.dataset)):
+        for i in valid_indices(self.dataset):
             k = self.dataset.shape_key(i)
             if current and (k != key or len(current) == self.slices_per_batch):
                 plan.append(current)
@@ -197,6 +198,11 @@ class Auditor:
         )
         records: list[dict] = []
         try:
+            skipped = self.invalid_records() if self.rank == 0 else []
+            if skipped:
+                if self.journal is not None:
+                    self.journal.append(skipped)
+                records.extend(skipped)
             for indices in mine:
                 batch = collate([self.dataset[i] for i in indices])
                 batch_records = self._run_batch(batch)
@@ -212,6 +218,24 @@ class Auditor:
         finally:
             progress.close()
         return records
+
+    def invalid_records(self) -> list[dict]:
+        """``skipped`` records (with the data's reason) of the slices that failed the data
+        checks; these slices never reach a model. Already journalled ones are left out."""
+        reason_of = getattr(self.dataset, "invalid_reason", None)
+        if reason_of is None:
+            return []
+        out = []
+        for i, (volume, slice_) in enumerate(self.dataset.keys()):
+            reason = reason_of(i)
+            if reason is None:
+                continue
+            out += [
+                self._failure(m.name, a, volume, slice_, "skipped", reason)
+                for m in self.models
+                for a in self.config.attacks
+            ]
+        return [r for r in out if record_key(r) not in self.done]
 
     def _run_batch(self, batch: SliceBatch) -> list[dict] | None:
         keys = [

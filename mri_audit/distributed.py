@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from mri_audit.device import resolve_device
-from mri_audit.errors import MriAuditError, UsageError
+from mri_audit.errors import MriAuditError
 
 __all__ = ["DistEnv", "init_distributed", "shutdown", "agree", "gather", "broadcast", "barrier"]
 
@@ -96,16 +96,17 @@ def broadcast(env: DistEnv, obj: Any) -> Any:
 
 def agree(env: DistEnv, step: Callable[[], Any]) -> Any:
     """Run ``step`` on rank 0 only; every rank gets its result or raises its user error."""
-    result, error = None, None
+    result, error, original = None, None, None
     if env.is_main:
         try:
             result = step()
         except MriAuditError as err:
             error = (type(err).__name__, str(err), err.exit_code)
+            original = err
     error = broadcast(env, error)
     if error is not None:
-        if env.is_main:
-            raise UsageError(error[1]) if error[0] == "UsageError" else MriAuditError(error[1])
+        if original is not None:
+            raise original
         err = MriAuditError(error[1])
         err.exit_code = error[2]
         raise err

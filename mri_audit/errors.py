@@ -39,3 +39,24 @@ class DeviceError(MriAuditError):
     """A device that is not available, or that ran out of memory (exit 6)."""
 
     exit_code = 6
+
+
+class OutputError(MriAuditError):
+    """The output folder cannot be written: read-only, disk full, an I/O error (exit 7)."""
+
+    exit_code = 7
+
+
+def write_failure(path: object, err: OSError, saved: str = "") -> OutputError:
+    """One line for an ``OSError`` while writing ``path`` (disk full, read-only, ...)."""
+    import errno
+
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+    }.get(err.errno, err.strerror or str(err))
+    tail = f"; {saved}" if saved else ""
+    return OutputError(f"cannot write {path}: {reason}{tail}")

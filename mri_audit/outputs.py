@@ -63,6 +63,8 @@ def build_results(
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": "mri-audit",
+        "complete": False,
+        "audit": header.get("audit"),
         "created": started,
         "command_line": command_line,
         "config": header["config"],
@@ -71,6 +73,7 @@ def build_results(
         "elapsed_seconds": elapsed,
         "data": header["data"],
         "models": header["models"],
+        "code": header.get("code"),
         "window_fraction": header["config"]["window"],
         **aggregates,
         "warnings": audit_warnings(
@@ -109,7 +112,12 @@ def finish_audit(
     elapsed: float,
     started: str,
 ) -> dict:
-    """Write every final file of an audit (each atomically) and return the results."""
+    """Write every final file of an audit (each atomically) and return the results.
+
+    ``results.json`` is written first with ``complete: false``, then the report, then
+    ``results.json`` again with ``complete: true``: a kill in between leaves a folder that
+    ``report`` and ``--resume`` know to be unfinished.
+    """
     records = to_jsonable(records)
     config = header["config"]
     primary = header["models"][0]["name"]
@@ -139,10 +147,9 @@ def finish_audit(
     atomic_write(out / "audit_images.npz", buf.getvalue())
     write_csv(out / "records.csv", records)
     write_json(out / "results.json", results)
-    try:
-        from mri_audit.report import render_report
-    except ImportError:  # the report module is optional during development
-        logger.warning("report module unavailable; report.html not written")
-    else:
-        render_report(out / "results.json", out / "report.html")
+    from mri_audit.report import render_report
+
+    render_report(out / "results.json", out / "report.html")
+    results["complete"] = True
+    write_json(out / "results.json", results)
     return results

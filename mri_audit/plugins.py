@@ -88,6 +88,9 @@ class LoadedModel(NamedTuple):
         source_path: the ``.py`` or TorchScript file (``None`` for an installed module).
         weights_path: the weights file, if any.
         input_domain: the model's ``mri_audit_input`` (``"image"``/``"kspace"``), None if unset.
+        sources: the model's source files: the file and every module imported from its folder
+            while it loaded (a ``file.py:Name``), the package's loaded modules (a
+            ``package.module:Name``) or the TorchScript file.
     """
 
     module: nn.Module
@@ -97,6 +100,7 @@ class LoadedModel(NamedTuple):
     source_path: Path | None
     weights_path: Path | None
     input_domain: str | None
+    sources: tuple[Path, ...] = ()
 
 
 def parse_model_args(pairs: Sequence[str]) -> dict[str, object]:
@@ -278,10 +282,12 @@ def _load_from_file(spec: str, target: str, name: str, args: dict[str, object]) 
     if mod_spec is None or mod_spec.loader is None:
         raise ModelError(f"cannot load model file {target} as Python (is it a .py file?)")
     module = importlib.util.module_from_spec(mod_spec)
+    before = set(sys.modules)
     sys.modules[mod_name] = module
     try:
         with _sibling_imports(path.parent):
             mod_spec.loader.exec_module(module)
+            sources = _files_under(path.parent, set(sys.modules) - before)
     except SyntaxError as exc:
         sys.modules.pop(mod_name, None)
         raise _syntax_error(exc, target, path) from None
@@ -297,7 +303,18 @@ def _load_from_file(spec: str, target: str, name: str, args: dict[str, object]) 
             f"--model {spec} needs a class or factory name: {target}:Name "
             f"({shown} {_describe_names(module)})"
         )
-    return _loaded(_build(module, name, shown, args), spec, f"{shown}:{name}", "file", path)
+    loaded = _loaded(_build(module, name, shown, args), spec, f"{shown}:{name}", "file", path)
+    return loaded._replace(sources=tuple(sorted({path, *sources})))
+
+
+def _files_under(folder: Path, names: set[str]) -> list[Path]:
+    """The files of the modules ``names`` that lie in ``folder`` (or below it)."""
+    out = []
+    for n in names:
+        f = getattr(sys.modules.get(n), "__file__", None)
+        if f and Path(f).resolve().is_relative_to(folder):
+            out.append(Path(f).resolve())
+    return out
 
 
 def imported_packages(model: nn.Module) -> dict[str, str]:
@@ -351,7 +368,14 @@ def _load_from_module(spec: str, target: str, name: str, args: dict[str, object]
         where = f" ({Path(frames[-1].filename).name} line {frames[-1].lineno})" if frames else ""
         raise ModelError(f"cannot import module '{target}'{where}: {_exc_text(exc)}") from None
     source = Path(module.__file__) if getattr(module, "__file__", None) else None
-    return _loaded(_build(module, name, target, args), spec, f"{target}:{name}", "module", source)
+    loaded = _loaded(_build(module, name, target, args), spec, f"{target}:{name}", "module", source)
+    top = target.split(".")[0]
+    files = [
+        Path(m.__file__).resolve()
+        for n, m in list(sys.modules.items())
+        if (n == top or n.startswith(top + ".")) and str(getattr(m, "__file__", "")).endswith(".py")
+    ]
+    return loaded._replace(sources=tuple(sorted(set(files))))
 
 
 def _is_module_class(obj: object) -> bool:
@@ -452,4 +476,5 @@ def _load_torchscript(spec: str, target: str, args: dict[str, object]) -> Loaded
             f"save a model with torch.jit.script(model).save(path), or for weights use "
             f"--model file.py:Name --weights {target}"
         ) from None
-    return _loaded(module, spec, path.name, "torchscript", path.resolve())
+    loaded = _loaded(module, spec, path.name, "torchscript", path.resolve())
+    return loaded._replace(sources=(path.resolve(),))

@@ -176,9 +176,12 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
                 std = image.std(dim=(-2, -1), keepdim=True).clamp_min(_EPS)
                 normed = ((image - mean) / std).clamp(-CLAMP, CLAMP)
                 out = self._check_tensor(self._model(normed.unsqueeze(1)), masked_kspace)
+                # (normed is a fresh tensor: a model that edits its input in place cannot
+                # reach the tool's own tensors)
                 out = self._squeeze_channel(out) * std + mean
             else:
-                out = self._check_tensor(self._model(image.unsqueeze(1)), masked_kspace)
+                # A copy: the zero-filled image is cached and reused by the tool.
+                out = self._check_tensor(self._model(image.unsqueeze(1).clone()), masked_kspace)
                 out = self._squeeze_channel(out)
         else:
             mask5 = mask.to(torch.bool).reshape(mask.shape[0], 1, 1, -1, 1)
@@ -186,7 +189,9 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
             kwargs = {}
             if self._pass_nlf and num_low_frequencies is not None:
                 kwargs["num_low_frequencies"] = int(num_low_frequencies)
-            out = self._model(torch.view_as_real(masked_kspace), mask5, **kwargs)
+            # Copies: a model that edits its masked_kspace or mask in place must not change the
+            # tensors the tool goes on using (the IP distance, the losses, other models).
+            out = self._model(torch.view_as_real(masked_kspace).clone(), mask5.clone(), **kwargs)
             out = self._check_tensor(out, masked_kspace)
             if out.ndim == 4 and out.shape[1] == 1:
                 out = out[:, 0]

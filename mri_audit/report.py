@@ -55,6 +55,21 @@ def resolve_results(path: str | Path) -> Path:
     return path / "results.json" if path.is_dir() else path
 
 
+def require_complete(path: str | Path) -> None:
+    """Refuse an audit whose final files were not all written (``complete`` is false).
+
+    Raises:
+        DataError: the audit was interrupted while writing its final files (exit 4).
+    """
+    path = resolve_results(path)
+    results = load_results(path)
+    if results.get("complete", True) is not True:
+        raise DataError(
+            f"the audit in {path.parent} is incomplete: it was interrupted while writing its "
+            "final files; run the same command again with --resume to finish it"
+        )
+
+
 def load_results(path: Path) -> dict:
     """Read and check ``results.json``; any problem is one :class:`DataError` line."""
     try:

@@ -77,7 +77,7 @@ def read_journal(path: Path, results: dict) -> list[dict]:
     Raises:
         DataError: the journal is missing, corrupt, empty or belongs to another audit.
     """
-    from mri_audit.journal import Journal
+    from mri_audit.journal import read_journal as read_validated
 
     files = results.get("files") or {}
     journal = path.parent / files.get("journal", "records.jsonl")
@@ -87,15 +87,19 @@ def read_journal(path: Path, results: dict) -> list[dict]:
             "another criterion needs its journal; re-run the audit"
         )
     try:
-        lines = Journal(journal).read()
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+        contents = read_validated(
+            journal, hint="the journal was edited or is damaged; re-run the audit"
+        )
+    except OSError as err:
         raise DataError(f"cannot read the journal {journal}: {err}") from None
-    if any(not isinstance(r, dict) for r in lines):
-        raise DataError(f"the journal {journal} holds a line that is not a record")
-    header = next((r for r in lines if r.get("kind") == "header"), None)
-    records = [r for r in lines if r.get("kind") != "header"]
+    header, records = contents.header, contents.records
     if not records:
         raise DataError(f"the journal {journal} holds no records")
+    if header is not None and header.get("audit") != results.get("audit"):
+        raise DataError(
+            f"the journal {journal} belongs to another audit than {path.name} "
+            f"(fingerprint {header.get('audit')}, results {results.get('audit')})"
+        )
     if header is not None:
         stored, own = results.get("config") or {}, header.get("config") or {}
         changed = sorted(

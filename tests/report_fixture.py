@@ -298,6 +298,7 @@ def build_audit_folder(
         elapsed=123.4,
         started="2024-05-01T12:00:00+00:00",
     )
+    results["complete"] = True  # a finished audit (finish_audit sets it after the report)
     if images:
         buf = io.BytesIO()
         np.savez_compressed(buf, **_images(cases, targets, models, rng, size))

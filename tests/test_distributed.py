@@ -80,8 +80,10 @@ def test_two_process_audit_equals_single_process(model, singlecoil_dir, tmp_path
     assert r1["attacks"] == r2["attacks"] and r1["clean"] == r2["clean"]
     assert "2 processes" in r2["device"]
     assert not list((tmp_path / "two").glob("records.rank*.jsonl"))
-    lines = (tmp_path / "two" / "records.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["kind"] == "header" and len(lines) == 1 + 24
+    lines = [json.loads(x) for x in (tmp_path / "two" / "records.jsonl").read_text().splitlines()]
+    kinds = [x["kind"] for x in lines]
+    assert kinds[0] == "header" and len(kinds) == 1 + 24 + 1 and kinds[-1] == "time"
+    assert {x["audit"] for x in lines} == {lines[0]["audit"]} == {r2["audit"]}
 
 
 def test_two_process_hardening(model, harden_dir, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -19,6 +20,7 @@ from mri_audit.phantoms import synth_dataset
 FLAKY = """
 import time
 import torch
+from flaky_helper import fails
 class Net(torch.nn.Module):
     '''Fails on about 2% of inputs, the same inputs every run; optionally slow.'''
     def __init__(self, delay=0.0):
@@ -32,10 +34,14 @@ class Net(torch.nn.Module):
         if self.calls <= 3:  # the dry run before the audit
             return x + self.c(x)
         for sample in x:
-            code = int(abs(float(sample[0, 10, 10])) * 1e6) % 50
-            if code == 17:
+            if fails(sample):
                 raise RuntimeError("flaky model failure")
         return x + self.c(x)
+"""
+# A sibling module the model imports: part of the audit's identity, so a resume checks it too.
+FLAKY_HELPER = """
+def fails(sample):
+    return int(abs(float(sample[0, 10, 10])) * 1e6) % 50 == 17
 """
 
 
@@ -43,8 +49,10 @@ class Net(torch.nn.Module):
 def flaky(tmp_path_factory):
     root = tmp_path_factory.mktemp("flaky")
     (root / "flaky.py").write_text(FLAKY)
+    (root / "flaky_helper.py").write_text(FLAKY_HELPER)
     namespace: dict = {}
-    exec(FLAKY, namespace)  # noqa: S102 - test fixture
+    exec(FLAKY_HELPER, namespace)  # noqa: S102 - test fixture
+    exec(FLAKY.replace("from flaky_helper import fails", ""), namespace)  # noqa: S102
     torch.manual_seed(0)
     torch.save(namespace["Net"]().state_dict(), root / "w.pt")
     return root
@@ -144,3 +152,6 @@ def test_soak_kill_and_resume_equals_uninterrupted(flaky, tmp_path):
     again = pd.read_csv(out / "records.csv")
     pd.testing.assert_frame_equal(reference, again)
     assert (again["kind"] == "error").sum() == len(failures)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"][0]["sources"]) == {"flaky.py", "flaky_helper.py"}
+    assert results["complete"] is True

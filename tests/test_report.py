@@ -579,7 +579,7 @@ def test_reread_criterion_the_records_lack(tmp_path):
     ("damage", "message"),
     [
         ("missing", "records.jsonl was not found"),
-        ("corrupt", "cannot read the journal"),
+        ("corrupt", "records.jsonl line 3: is not valid JSON (a torn or edited line)"),
         ("foreign", "belongs to another audit than results.json (configuration differs in seed)"),
     ],
 )

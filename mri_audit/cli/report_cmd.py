@@ -66,6 +66,9 @@ def report(
     thresholds = {"margin": margin, "min_recovery": min_recovery, "threshold": threshold}
     reread = criterion is not None or any(v is not None for v in thresholds.values())
     try:
+        from mri_audit.report import require_complete
+
+        require_complete(results)
         if not reread:
             from mri_audit.report import render_report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -15,8 +16,6 @@ from mri_audit import __version__
 from mri_audit.errors import UsageError
 
 logger = logging.getLogger(__name__)
-
-AUDIT_FILES = ("records.jsonl", "records.csv", "results.json", "report.html", "audit_images.npz")
 
 
 def _versions() -> dict:
@@ -35,6 +34,7 @@ def _versions() -> dict:
 
 
 def _model_info(opened, spec: str, weights: str | None, name: str, args: dict) -> dict:
+    from mri_audit.identity import model_sources
     from mri_audit.plugins import imported_packages, sha256_file
 
     loaded = opened.loaded
@@ -45,6 +45,7 @@ def _model_info(opened, spec: str, weights: str | None, name: str, args: dict) -
         "kind": loaded.kind,
         "source": str(src) if src else None,
         "source_sha256": sha256_file(src) if src and Path(src).is_file() else None,
+        "sources": model_sources(loaded.sources, Path(src).parent if src else Path.cwd()),
         "weights": str(weights) if weights else None,
         "weights_sha256": sha256_file(weights) if weights else None,
         "domain": opened.estimator.input_domain,
@@ -55,50 +56,20 @@ def _model_info(opened, spec: str, weights: str | None, name: str, args: dict) -
     }
 
 
-def _prepare_out(out: Path, resume: bool, force: bool) -> None:
-    existing = [f for f in AUDIT_FILES if (out / f).exists()]
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder")
-    if existing and not (resume or force):
-        raise UsageError(
-            f"{out} already holds an audit ({', '.join(existing)}); "
-            "use --resume to continue it or --force to replace it"
-        )
-    if force and not resume:
-        for f in existing:
-            (out / f).unlink()
-    out.mkdir(parents=True, exist_ok=True)
+def _check_resume(header: dict, identity: dict, stored: dict, out: Path) -> None:
+    """Refuse to resume a different audit, naming what changed."""
+    from mri_audit.identity import describe_changes, stored_identity
 
-
-def _check_resume(header: dict, stored: dict | None, out: Path) -> None:
-    if stored is None:
+    if stored.get("audit") == header["audit"]:
         return
-    diffs = []
-    if stored.get("config") != header["config"]:
-        keys = sorted(
-            k
-            for k in set(stored["config"]) | set(header["config"])
-            if stored["config"].get(k) != header["config"].get(k)
-        )
-        diffs.append("configuration (" + ", ".join(keys) + ")")
-    old = {m["name"]: m for m in stored.get("models", [])}
-    for m in header["models"]:
-        o = old.get(m["name"])
-        if o is None:
-            diffs.append(f"model {m['name']} (not in the earlier audit)")
-        elif o.get("source_sha256") != m["source_sha256"]:
-            diffs.append(f"model file of {m['name']} (sha256 differs)")
-        elif o.get("weights_sha256") != m["weights_sha256"]:
-            diffs.append(f"weights of {m['name']} (sha256 differs)")
-        elif o.get("model_args") != m["model_args"]:
-            diffs.append(f"constructor arguments of {m['name']} (--model-arg)")
-    if stored.get("data") != header["data"]:
-        diffs.append("data")
-    if diffs:
-        raise UsageError(
-            f"cannot resume the audit in {out}: {'; '.join(diffs)} changed; "
-            "rerun with the same settings, or use --force to start over"
-        )
+    if not stored.get("audit"):
+        diffs = ["it was made by an older mri-audit, without an audit fingerprint"]
+    else:
+        diffs = describe_changes(stored_identity(stored), identity) or ["the audit's fingerprint"]
+    raise UsageError(
+        f"cannot resume the audit in {out}: {'; '.join(diffs)} changed; "
+        "rerun with the same settings, or use --force to start over"
+    )
 
 
 def _check_attacks(attack_classes: dict, config, estimator) -> None:
@@ -117,26 +88,17 @@ def _check_attacks(attack_classes: dict, config, estimator) -> None:
             raise UsageError(f"{name}: {err}") from None
 
 
-def _stored_batch_size(out: Path) -> int | None:
+def _stored_batch_size(previous) -> int | None:
     """The batch size of the audit being resumed (so ``auto`` does not change it)."""
-    from mri_audit.journal import Journal
-
-    path = out / "records.jsonl"
-    if not path.exists():
-        return None
-    header = next((r for r in Journal(path).read() if r.get("kind") == "header"), None)
-    size = (header or {}).get("config", {}).get("batch_size")
+    size = ((previous.header if previous else None) or {}).get("config", {}).get("batch_size")
     return size if isinstance(size, int) and size >= 1 else None
 
 
-def _read_all(out: Path) -> list[dict]:
-    """The main journal plus any per-rank journals a distributed run left behind."""
-    from mri_audit.journal import Journal
+def _read(out: Path, *, repair: bool = False):
+    """The audit's validated journal (main file and per-rank shards)."""
+    from mri_audit.journal import read_audit_journal
 
-    records = Journal(out / "records.jsonl").read()
-    for shard in sorted(out.glob("records.rank*.jsonl")):
-        records += [r for r in Journal(shard).read() if r.get("kind") != "header"]
-    return records
+    return read_audit_journal(out / "records.jsonl", repair=repair)
 
 
 def execute(opts: dict, command_line: list[str]) -> int:
@@ -146,14 +108,25 @@ def execute(opts: dict, command_line: list[str]) -> int:
     env, device = init_distributed(opts["device"])
     finished = False
     try:
-        code = _execute(opts, command_line, env, device)
+        with contextlib.ExitStack() as stack:
+            code = _execute(opts, command_line, env, device, stack)
         finished = True
         return code
     finally:
         shutdown(env, wait=finished)
 
 
-def _execute(opts: dict, command_line: list[str], env, device) -> int:
+def _claim_out(out: Path, opts: dict, stack: contextlib.ExitStack):
+    """Check ``--out`` and take its lock before any work (rank 0); the resumed journal."""
+    from mri_audit.outdir import check_out
+    from mri_audit.outlock import hold_lock
+
+    check_out(out, resume=opts["resume"], force=opts["force"])
+    stack.enter_context(hold_lock(out, "mri-audit run"))
+    return _read(out, repair=True) if opts["resume"] else None
+
+
+def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
     from mri_audit.auditor import AuditConfig, AuditModel, Auditor, unique_names
     from mri_audit.cli.setup import build_mask_func, open_data, open_models
     from mri_audit.distributed import agree, broadcast, gather
@@ -169,12 +142,13 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
             "--max-attack-rate gates on FNAF attack rates, but --attacks "
             f"{','.join(opts['attacks'])} has no FNAF attack; add fnaf-rs, fnaf-fd or fnaf-pgd"
         )
+    previous = agree(env, lambda: _claim_out(out, opts, stack))
     mask_func = build_mask_func(opts["mask_type"], opts["accel"], opts["center_fraction"])
     if opts.get("dataset") is not None:
-        from mri_audit.data import collate
+        from mri_audit.cli.setup import probe_batch
 
         dataset = opts["dataset"]
-        probe = collate([dataset[0]])
+        probe = probe_batch(dataset)
     else:
         dataset, probe = open_data(opts["data"], opts["max_volumes"], opts["max_slices"])
     specs = [(opts["model_spec"], opts["weights"]), *opts["compare"]]
@@ -202,7 +176,7 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
                 o.estimator._model = torch.compile(o.estimator.model, dynamic=True)
     batch_size = opts["batch_size"]
     if batch_size is None:
-        batch_size = _stored_batch_size(out) if opts["resume"] else None
+        batch_size = _stored_batch_size(previous)
     if batch_size is None:
         from mri_audit.autobatch import choose_batch_size
 
@@ -246,26 +220,51 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
         _model_info(o, spec, weights, n, args if i == 0 or same else {})
         for i, (o, (spec, weights), n) in enumerate(zip(opened, specs, names, strict=True))
     ]
+    from mri_audit.identity import audit_identity, fingerprint
+
+    identity = audit_identity(
+        config=json.loads(json.dumps(config.to_dict())),
+        models=models_info,
+        data=dataset.describe(),
+        attack_classes=attack_classes.values(),
+    )
     header = {
         "kind": "header",
-        "config": json.loads(json.dumps(config.to_dict())),
+        "audit": fingerprint(identity),
+        "config": identity["config"],
+        "code": identity["code"],
         "models": models_info,
-        "data": dataset.describe(),
+        "data": identity["data"],
     }
 
-    def prepare() -> list[tuple]:
-        _prepare_out(out, opts["resume"], opts["force"])
-        previous = _read_all(out) if opts["resume"] else []
-        stored = next((r for r in previous if r.get("kind") == "header"), None)
-        if opts["resume"]:
-            _check_resume(header, stored, out)
-        if stored is None:
-            Journal(out / "records.jsonl").append([header])
-        return [record_key(r) for r in previous if r.get("kind") != "header"]
+    def prepare() -> tuple[list[tuple], dict[int, float]]:
+        from mri_audit.outdir import remove_audit
 
-    done = set(map(tuple, agree(env, prepare)))
+        stored = previous.header if previous else None
+        if stored is not None:
+            _check_resume(header, identity, stored, out)
+            keys = set(dataset.keys())
+            stray = next(
+                (r for r in previous.records if (r["volume"], r["slice"]) not in keys), None
+            )
+            if stray is not None:
+                raise UsageError(
+                    f"cannot resume the audit in {out}: its journal holds a record of "
+                    f"{stray['volume']} slice {stray['slice']}, which is not in the data; "
+                    "use --force to start over"
+                )
+            return [record_key(r) for r in previous.records], previous.segments
+        remove_audit(out)  # --force, or a resume with no journal: start clean
+        Journal(out / "records.jsonl").write_header(header)
+        return [], {}
+
+    done_keys, segments = agree(env, prepare)
+    done = set(map(tuple, done_keys))
+    segment = max(map(int, segments), default=-1) + 1
+    earlier = sum(segments.values())
+    started = time.perf_counter()
     name = "records.jsonl" if not env.enabled else f"records.rank{env.rank}.jsonl"
-    journal = Journal(out / name)
+    journal = Journal(out / name, audit=header["audit"], segment=segment, started=started)
     auditor = Auditor(
         [AuditModel(n, o.estimator) for n, o in zip(names, opened, strict=True)],
         dataset,
@@ -277,19 +276,18 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
         rank=env.rank,
         world_size=env.world_size,
     )
-    started = time.perf_counter()
     try:
         auditor.run()
     except KeyboardInterrupt:
         if env.is_main:
-            n = len([r for r in _read_all(out) if r.get("kind") != "header"])
+            n = len(_read(out).records)
             click.echo(
                 f"\nInterrupted: {n} records are saved in {out}; "
                 "run the same command with --resume to continue.",
                 err=True,
             )
         return 130
-    elapsed = time.perf_counter() - started
+    elapsed = earlier + time.perf_counter() - started
     sums = gather(env, (auditor.target_sum, auditor.target_count))
     if env.enabled:
         barrier_ok = gather(env, True)
@@ -299,7 +297,7 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
     if env.enabled:
         auditor.target_sum = sum(t for t, _ in sums if t is not None)
         auditor.target_count = sum(c for _, c in sums)
-    records = [r for r in _read_all(out) if r.get("kind") != "header"]
+    records = _read(out).records
     order = {key: i for i, key in enumerate(dataset.keys())}
     model_rank = {n: i for i, n in enumerate(names)}
     attack_rank = {a: i for i, a in enumerate(config.attacks)}
@@ -314,7 +312,8 @@ def _execute(opts: dict, command_line: list[str], env, device) -> int:
         from mri_audit.journal import to_jsonable
         from mri_audit.results import atomic_write
 
-        lines = [json.dumps(to_jsonable(r), sort_keys=True) for r in [header, *records]]
+        timing = {"kind": "time", "audit": header["audit"], "segment": segment, "elapsed": elapsed}
+        lines = [json.dumps(to_jsonable(r), sort_keys=True) for r in [header, *records, timing]]
         atomic_write(out / "records.jsonl", ("\n".join(lines) + "\n").encode())
         for shard in out.glob("records.rank*.jsonl"):
             shard.unlink()

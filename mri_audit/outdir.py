@@ -1,0 +1,104 @@
+"""The output folder of an audit: checked before any work, cleared whole by ``--force``.
+
+Checks run before a model is loaded, so a read-only folder, a full disk or a folder holding
+another audit costs the user no time and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from mri_audit.errors import OutputError, UsageError
+
+__all__ = [
+    "AUDIT_FILES",
+    "MIN_FREE_BYTES",
+    "audit_files",
+    "check_out",
+    "remove_audit",
+]
+
+logger = logging.getLogger(__name__)
+
+AUDIT_FILES = ("records.jsonl", "records.csv", "results.json", "report.html", "audit_images.npz")
+MIN_FREE_BYTES = 64 << 20
+"""Free space an audit needs before it starts (the journal, the images and the report)."""
+
+
+def audit_files(out: Path) -> list[Path]:
+    """Every file an audit in ``out`` wrote: the final files, per-rank journal shards,
+    re-reads (``results.<criterion>.json``, ``report.<criterion>.html``) and temporary files
+    an interrupted write left."""
+    if not out.is_dir():
+        return []
+    found = [out / f for f in AUDIT_FILES if (out / f).exists()]
+    for pattern in (
+        "records.rank*.jsonl",
+        "results.*.json",
+        "report.*.html",
+        ".records.jsonl.*.tmp",
+        ".results.json.*.tmp",
+        ".report.html.*.tmp",
+        ".records.csv.*.tmp",
+        ".audit_images.npz.*.tmp",
+    ):
+        found += sorted(out.glob(pattern))
+    return found
+
+
+def _empty_journal(out: Path) -> bool:
+    path = out / "records.jsonl"
+    return path.is_file() and path.stat().st_size == 0
+
+
+def check_out(out: Path, *, resume: bool, force: bool) -> None:
+    """Check ``--out`` before any work: a folder we can write, with free space, that holds no
+    other audit unless ``--resume`` or ``--force`` says what to do with it.
+
+    Raises:
+        UsageError: ``out`` is a file, cannot be created or written, or holds an audit (exit 2).
+        OutputError: less than :data:`MIN_FREE_BYTES` free (exit 7).
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".mri-audit-probe.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        why = "read-only" if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else None
+        raise UsageError(
+            f"--out {out} is not writable ({why or err.strerror or err}); choose another folder"
+        ) from None
+    free = shutil.disk_usage(out).free
+    if free < MIN_FREE_BYTES:
+        raise OutputError(
+            f"--out {out} has {free / 2**20:.0f} MiB free; an audit needs at least "
+            f"{MIN_FREE_BYTES / 2**20:.0f} MiB: free space or choose another folder"
+        )
+    if _empty_journal(out):  # an empty journal holds nothing (an older version could leave one)
+        (out / "records.jsonl").unlink()
+    existing = audit_files(out)
+    if existing and not (resume or force):
+        names = ", ".join(sorted({p.name for p in existing})[:6])
+        raise UsageError(
+            f"{out} already holds an audit ({names}); use --resume to continue it or --force "
+            "to replace it"
+        )
+
+
+def remove_audit(out: Path) -> list[Path]:
+    """Remove every file of the audit in ``out`` (``--force``); returns what was removed."""
+    removed = audit_files(out)
+    for f in removed:
+        f.unlink(missing_ok=True)
+    if removed:
+        logger.info("removed %d files of the earlier audit in %s", len(removed), out)
+    return removed
+
