@@ -101,4 +101,3 @@ def remove_audit(out: Path) -> list[Path]:
     if removed:
         logger.info("removed %d files of the earlier audit in %s", len(removed), out)
     return removed
-
