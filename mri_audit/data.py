@@ -205,14 +205,15 @@ class SliceDataset(torch.utils.data.Dataset):
         }
 
     def file_digests(self) -> list[dict[str, Any]]:
-        """Each file's name, sha256 and target key (hashed once per dataset)."""
-        from mri_audit.weights import sha256_file
+        """Each file's name, sha256 and target key (hashed once per dataset; the hash is also
+        cached across runs by path, size and modification time)."""
+        from mri_audit.identity import cached_sha256
 
         if getattr(self, "_digests", None) is None:
             self._digests = [
                 {
                     "name": v.path.name,
-                    "sha256": sha256_file(v.path),
+                    "sha256": cached_sha256(v.path),
                     "slices": v.num_slices,
                     "target": v.target_key,
                 }

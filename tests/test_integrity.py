@@ -410,3 +410,25 @@ def test_two_resumes_at_once_one_is_refused(tmp_path, singlecoil_dir, models):
     assert second.returncode == 2, second.stderr
     assert f"is in use by process {first.pid} on" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
+
+
+def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from mri_audit import identity
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    f = tmp_path / "a.h5"
+    f.write_bytes(b"abc")
+    calls = []
+    real = identity._sha256_bytes
+    monkeypatch.setattr(identity, "_sha256_bytes", lambda p: calls.append(p) or real(p))
+    assert identity.cached_sha256(f) == hashlib.sha256(b"abc").hexdigest()
+    assert identity.cached_sha256(f) == hashlib.sha256(b"abc").hexdigest()
+    assert len(calls) == 1  # the second call read the cache
+    f.write_bytes(b"abd")  # same size: the new mtime invalidates the entry
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert identity.cached_sha256(f) == hashlib.sha256(b"abd").hexdigest()
+    assert len(calls) == 2
