@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from art.attacks.attack import EvasionAttack
 
+from mri_audit.artsetup import EvasionAttack
 from mri_audit.criteria import CRITERIA, DEFAULT_CRITERION, QUANTITIES, Criterion, all_criteria
 from mri_audit.engine import FnafEngine, Scores, select_best
 from mri_audit.features import (

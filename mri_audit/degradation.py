@@ -12,8 +12,8 @@ import numbers
 from typing import NamedTuple
 
 import torch
-from art.attacks.attack import EvasionAttack
 
+from mri_audit.artsetup import EvasionAttack
 from mri_audit.features import SliceContext
 from mri_audit.metrics import ssim
 from mri_audit.reconstructor import Reconstructor
