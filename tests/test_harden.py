@@ -437,3 +437,191 @@ def test_builtin_splits_are_disjoint():
         for split, spec in (("select", BUILTIN_SELECT), ("val", BUILTIN_VAL))
     }
     assert not seeds["select"] & seeds["val"]
+
+
+# ---------------------------------------------------------------- resume identity, lock, Ctrl-C
+
+
+def _copy_data(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize(
+    "change, phrase",
+    [
+        ("class", "--model {net}:Net -> {net}:Other"),
+        ("weights", "the starting weights (sha256 differs)"),
+        ("sibling", "the model's source (helper.py)"),
+        ("model-arg", "--model-arg"),
+        ("data", "training data (files file_hd"),
+        ("normalize", "--normalize instance -> none"),
+    ],
+)
+def test_resume_refuses_another_model_weights_or_data(tmp_path, harden_dir, change, phrase):
+    """Each change is refused in one line naming it; the checkpoint is left untouched."""
+    from mri_audit.phantoms import synth_dataset
+
+    net = tmp_path / "mynet.py"  # _cli_args writes net.py
+    (tmp_path / "helper.py").write_text("SCALE = 1.0\n")
+    net.write_text(
+        "import helper\n"
+        + NET.replace("return x +", "return helper.SCALE * x +")
+        + "\nclass Other(Net):\n    pass\n"
+    )
+    torch.save(_model().state_dict(), tmp_path / "a.pt")
+    other = _model()
+    with torch.no_grad():
+        other.head.bias.add_(1.0)
+    torch.save(other.state_dict(), tmp_path / "b.pt")
+    data = _copy_data(harden_dir, tmp_path / "data")
+    base = [a if a != str(harden_dir) else str(data) for a in _cli_args(tmp_path, harden_dir)]
+    base[base.index("--model") + 1] = f"{net}:Net"
+    base += ["--epochs", "2", "--weights", str(tmp_path / "a.pt")]
+    runner = CliRunner()
+    with pytest.MonkeyPatch.context() as mp:  # stop after the first epoch, as a Ctrl-C would
+        real = Trainer.train_step
+
+        def step(self, epoch, s):
+            if epoch == 1:
+                raise KeyboardInterrupt
+            return real(self, epoch, s)
+
+        mp.setattr(Trainer, "train_step", step)
+        first = runner.invoke(cli, base)
+    assert first.exit_code == 130, first.output
+    ckpt = tmp_path / "robust.pt.ckpt"
+    before = ckpt.read_bytes()
+    args = [*base, "--resume"]
+    if change == "class":
+        args[args.index("--model") + 1] = f"{net}:Other"
+    elif change == "weights":
+        args[args.index("--weights") + 1] = str(tmp_path / "b.pt")
+    elif change == "sibling":
+        (tmp_path / "helper.py").write_text("SCALE = 2.0\n")
+    elif change == "model-arg":
+        args += ["--model-arg", "freeze_head=True"]
+    elif change == "data":
+        victim = sorted(data.glob("*.h5"))[0]
+        synth_dataset(
+            tmp_path / "other",
+            prefix=victim.stem[:-5],
+            volumes=1,
+            slices=2,
+            size=64,
+            coils=1,
+            kspace_shape=(128, 72),
+            seed=99,
+        )
+        (tmp_path / "other" / victim.name).replace(victim)
+    elif change == "normalize":
+        args += ["--normalize", "none"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith(f"Error: cannot resume from {ckpt}: the checkpoint was made with")
+    assert phrase.format(net=net) in line, line
+    assert ckpt.read_bytes() == before
+    unchanged = runner.invoke(cli, base + ["--resume"]) if change in ("class", "weights") else None
+    if unchanged is not None:  # the same settings resume and finish
+        assert unchanged.exit_code == 0, unchanged.output
+        assert "epoch 2" in unchanged.output
+
+
+def test_resume_without_weights_starts_from_the_saved_start(tmp_path, harden_dir):
+    """A model whose constructor draws random weights resumes from <out>.start.pt."""
+    (tmp_path / "rnd.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)\n"
+        "    def forward(self, x):\n"
+        "        return x + 0.1 * self.conv(x)\n"
+    )
+    args = _cli_args(tmp_path, harden_dir)
+    args[args.index("--model") + 1] = f"{tmp_path}/rnd.py:Net"
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    torch.manual_seed(12345)  # another constructor draw
+    resumed = CliRunner().invoke(cli, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_checkpoint_without_identity_is_refused(tmp_path, harden_dir):
+    args = _cli_args(tmp_path, harden_dir)
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    ckpt = tmp_path / "robust.pt.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["identity"]
+    torch.save(state, ckpt)
+    result = CliRunner().invoke(cli, [*args, "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "made by an older mri-audit" in result.output
+    ckpt.write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(cli, [*args, "--resume"])
+    assert result.exit_code == 2 and "is not a readable checkpoint" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_second_harden_on_the_same_out_is_refused(tmp_path, harden_dir):
+    from mri_audit.outlock import hold_lock
+
+    with hold_lock(tmp_path, "mri-audit harden"):
+        result = CliRunner().invoke(cli, _cli_args(tmp_path, harden_dir))
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path} is in use by process" in result.output
+    assert "(mri-audit harden)" in result.output
+    assert not (tmp_path / "robust.pt").exists()
+    after = CliRunner().invoke(cli, _cli_args(tmp_path, harden_dir))  # released: it runs
+    assert after.exit_code == 0, after.output
+
+
+def test_report_out_cannot_be_the_folder_of_out(tmp_path, harden_dir):
+    args = [a for a in _cli_args(tmp_path, harden_dir) if a != "--no-report"]
+    result = CliRunner().invoke(cli, [*args, "--report-out", str(tmp_path)])
+    assert result.exit_code == 2 and "--report-out" in result.output, result.output
+
+
+def test_ctrl_c_during_training_exits_130_naming_the_checkpoint(tmp_path, harden_dir, monkeypatch):
+    real = Trainer.train_step
+
+    def step(self, epoch, s):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, s)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    args = _cli_args(tmp_path, harden_dir, "--epochs", "2")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 130, result.output
+    ckpt = tmp_path / "robust.pt.ckpt"
+    assert result.output.strip().splitlines()[-1] == (
+        f"Interrupted: {ckpt} holds epoch 1 of 2; run the same command with --resume to continue"
+    )
+    assert "Aborted" not in result.output
+    monkeypatch.setattr(Trainer, "train_step", real)
+    resumed = CliRunner().invoke(cli, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "epoch 2" in resumed.output
+
+
+def test_ctrl_c_during_the_dry_run_exits_130(tmp_path, harden_dir):
+    (tmp_path / "stop.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.w = torch.nn.Parameter(torch.ones(()))\n"
+        "    def forward(self, x):\n"
+        "        raise KeyboardInterrupt\n"
+    )
+    args = _cli_args(tmp_path, harden_dir)
+    args[args.index("--model") + 1] = f"{tmp_path}/stop.py:Net"
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Interrupted: no epoch was finished, so there is nothing to resume; run the command again"
+    )

@@ -184,6 +184,12 @@ def harden(**opts) -> None:
         )
     if opts["weights"] and Path(opts["weights"]).resolve() == out.resolve():
         raise UsageError("--out must differ from --weights (the original is kept)")
+    report_out = Path(opts["report_out"] or f"{out}.audit")
+    if not opts["no_report"] and report_out.resolve() == out.parent.resolve():
+        raise UsageError(
+            f"--report-out {report_out} is the folder --out is written in; the before/after "
+            "audit needs a folder of its own (default: <out>.audit)"
+        )
     try:
         code = execute(opts, command_line=[Path(sys.argv[0]).name, *sys.argv[1:]])
     except ValueError as err:

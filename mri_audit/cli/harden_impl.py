@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import click
 
-from mri_audit.errors import ModelError
+from mri_audit.errors import ModelError, UsageError
 
 logger = logging.getLogger(__name__)
+
+EXIT_INTERRUPTED = 130
 
 
 def _datasets(opts):
@@ -70,28 +73,83 @@ def _datasets(opts):
 
 
 def execute(opts: dict, command_line: list[str] | None = None) -> int:
-    """Run ``harden`` with parsed options; ``command_line`` is recorded in the card and report."""
+    """Run ``harden`` with parsed options; ``command_line`` is recorded in the card and report.
+
+    The main process holds the lock of ``--out``'s folder for the whole run, so a second
+    ``harden`` (or ``run``) on it is refused with one line naming the holder.
+    """
     from mri_audit.distributed import init_distributed, shutdown
 
     env, device = init_distributed(opts["device"])
     finished = False
     try:
-        code = _execute(opts, env, device, command_line or ["mri-audit", "harden"])
+        with contextlib.ExitStack() as stack:
+            if env.is_main:
+                stack.enter_context(_lock(Path(opts["out"])))
+            code = _execute(opts, env, device, command_line or ["mri-audit", "harden"])
         finished = True
         return code
     finally:
         shutdown(env, wait=finished)
 
 
+def _lock(out: Path):
+    """The exclusive lock of the folder ``--out`` is written in (created when missing)."""
+    from mri_audit.outlock import hold_lock
+
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # hold_lock says in one line why the folder cannot be used
+    return hold_lock(folder, "mri-audit harden")
+
+
+def _note(saved: str) -> None:
+    """What an interruption (Ctrl-C) from now on leaves behind (printed by the CLI group)."""
+    from mri_audit.cli import on_interrupt
+
+    on_interrupt(saved)
+
+
+def _start_weights(opts: dict, model, start_path: Path) -> None:
+    """On ``--resume`` without ``--weights``, start from the weights the first run started
+    from (``<out>.start.pt``), not from a new constructor call."""
+    if opts["weights"] is None and opts["resume"] and start_path.exists():
+        from mri_audit.weights import load_state_dict
+
+        try:
+            model.load_state_dict(load_state_dict(start_path))
+        except (ModelError, RuntimeError) as err:
+            raise UsageError(
+                f"cannot resume: the starting weights {start_path} do not fit the model ({err}); "
+                "use another --out to start over"
+            ) from None
+
+
 def _execute(opts: dict, env, device, command_line: list[str]) -> int:
     from tqdm import tqdm
 
+    from mri_audit.cli.harden_resume import (
+        checkpoint_identity,
+        harden_identity,
+        identified_trainer,
+    )
     from mri_audit.cli.setup import build_mask_func, open_models
     from mri_audit.data import collate
     from mri_audit.distributed import agree, broadcast
-    from mri_audit.harden import HardenConfig, Trainer
+    from mri_audit.harden import HardenConfig
     from mri_audit.registry import load_attack
 
+    out = Path(opts["out"])
+    checkpoint = out.with_suffix(out.suffix + ".ckpt")
+    resuming = opts["resume"] and checkpoint.exists()
+    again = "run the same command with --resume to continue"
+    _note(
+        f"{checkpoint} is unchanged; {again}"
+        if resuming
+        else "no epoch was finished, so there is nothing to resume; run the command again"
+    )
     train, select, val = _datasets(opts)
     probe = collate([train[0]])
     accels = tuple(opts["accel"])
@@ -132,7 +190,16 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         margin=opts.get("margin", 0.1),
         interpolate=opts.get("interpolate") or 0,
     )
-    out = Path(opts["out"])
+    start_path = out.with_suffix(out.suffix + ".start.pt")
+    _start_weights(opts, opened.estimator.model, start_path)
+    identity = harden_identity(opts, opened, train, select)
+    if resuming:
+        done = checkpoint_identity(checkpoint, identity)
+        _note(f"{checkpoint} is unchanged (epoch {done} of {config.epochs}); {again}")
+
+    def saved(trainer) -> None:
+        _note(f"{checkpoint} holds epoch {trainer.epoch} of {config.epochs}; {again}")
+
     attack_classes = {n: load_attack(n) for n in ("fnaf-rs", "fnaf-pgd")}
     train_model = None
     if env.enabled:
@@ -142,13 +209,13 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         train_model = DistributedDataParallel(
             opened.estimator.model, device_ids=ids, broadcast_buffers=False
         )
-    trainer = Trainer(
+    trainer = identified_trainer(identity, on_save=saved)(
         opened.estimator,
         train,
         select,
         config,
         attack_classes=attack_classes,
-        checkpoint=out.with_suffix(out.suffix + ".ckpt"),
+        checkpoint=checkpoint,
         out=out,
         progress=lambda **kw: tqdm(leave=True, disable=None, dynamic_ncols=True, **kw),
         train_model=train_model,
@@ -159,8 +226,8 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
     original = opts["weights"]
     if original is None:
         # A model without --weights: keep its starting weights for the before/after audit.
-        original = str(out.with_suffix(out.suffix + ".start.pt"))
-        if env.is_main and not (opts["resume"] and Path(original).exists()):
+        original = str(start_path)
+        if env.is_main and not (opts["resume"] and start_path.exists()):
             import io
 
             import torch
@@ -182,6 +249,10 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
             )
 
     summary = trainer.fit(resume=opts["resume"], on_epoch=report_epoch)
+    _note(
+        f"the kept weights are in {out} and {checkpoint} holds the finished training; "
+        "run the same command with --resume to write the card and the before/after audit"
+    )
     elapsed = time.perf_counter() - started
     agree(env, lambda: None)  # every rank has finished training
     if not env.is_main:
@@ -224,7 +295,8 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         return 0
     click.echo(f"before/after audit on the validation data -> {_report_out(opts)}/")
     code = _audit(opts, original, val, config, accels, opened.loaded.name, command_line)
-    add_audit_to_card(out, _report_out(opts))
+    if code != EXIT_INTERRUPTED:
+        add_audit_to_card(out, _report_out(opts))
     return code
 
 
