@@ -29,8 +29,20 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def hold_lock(out: str | os.PathLike, command: str = "mri-audit") -> Iterator[Path]:
+def hold_lock(
+    out: str | os.PathLike,
+    command: str = "mri-audit",
+    *,
+    name: str = LOCK_NAME,
+    label: str | None = None,
+) -> Iterator[Path]:
     """Hold the exclusive lock of ``out`` (created if missing) for the ``with`` block.
+
+    Args:
+        out: the folder locked.
+        command: what holds the lock (written into the lock file for a refused process).
+        name: the lock file's name in ``out`` (one per output when a folder holds several).
+        label: what the error calls the locked output (default: ``out``).
 
     Raises:
         UsageError: another process holds the lock (exit 2), naming its pid and host.
@@ -38,7 +50,7 @@ def hold_lock(out: str | os.PathLike, command: str = "mri-audit") -> Iterator[Pa
     import fcntl
 
     out = Path(out)
-    path = out / LOCK_NAME
+    path = out / name
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
@@ -48,7 +60,7 @@ def hold_lock(out: str | os.PathLike, command: str = "mri-audit") -> Iterator[Pa
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UsageError(
-                f"{out} is in use by {_holder(path)}; wait for it to finish (or stop it) "
+                f"{label or out} is in use by {_holder(path)}; wait for it to finish (or stop it) "
                 "before running another command on this --out"
             ) from None
         os.ftruncate(fd, 0)

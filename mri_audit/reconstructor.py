@@ -28,9 +28,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from art.estimators.estimator import LossGradientsMixin
-from art.estimators.pytorch import PyTorchEstimator
 
+from mri_audit.artsetup import LossGradientsMixin, PyTorchEstimator
 from mri_audit.physics import center_crop, ifft2c, rss
 
 __all__ = ["Reconstructor", "DOMAINS", "NORMALIZATIONS", "CLAMP"]

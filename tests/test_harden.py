@@ -569,10 +569,14 @@ def test_checkpoint_without_identity_is_refused(tmp_path, harden_dir):
 def test_a_second_harden_on_the_same_out_is_refused(tmp_path, harden_dir):
     from mri_audit.outlock import hold_lock
 
-    with hold_lock(tmp_path, "mri-audit harden"):
+    with hold_lock(tmp_path, "mri-audit harden", name=".robust.pt.mri-audit.lock"):
+        other = CliRunner().invoke(
+            cli, [*_cli_args(tmp_path, harden_dir), "--out", str(tmp_path / "other.pt")]
+        )
         result = CliRunner().invoke(cli, _cli_args(tmp_path, harden_dir))
+    assert other.exit_code == 0, other.output  # another weights file in the folder: its own lock
     assert result.exit_code == 2, result.output
-    assert f"{tmp_path} is in use by process" in result.output
+    assert f"{tmp_path / 'robust.pt'} is in use by process" in result.output
     assert "(mri-audit harden)" in result.output
     assert not (tmp_path / "robust.pt").exists()
     after = CliRunner().invoke(cli, _cli_args(tmp_path, harden_dir))  # released: it runs

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from mri_audit.cli.options import FiniteFloatRange
+
 __all__ = ["data", "KSpaceShape"]
 
 
@@ -59,7 +61,7 @@ def data() -> None:
 )
 @click.option(
     "--noise",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=0.02,
     show_default=True,
     help="k-space noise std relative to the image maximum.",

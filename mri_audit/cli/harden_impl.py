@@ -94,7 +94,7 @@ def execute(opts: dict, command_line: list[str] | None = None) -> int:
 
 
 def _lock(out: Path):
-    """The exclusive lock of the folder ``--out`` is written in (created when missing)."""
+    """The exclusive lock of the weights file ``--out`` (a lock file beside it)."""
     from mri_audit.outlock import hold_lock
 
     folder = out.parent
@@ -102,7 +102,7 @@ def _lock(out: Path):
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         pass  # hold_lock says in one line why the folder cannot be used
-    return hold_lock(folder, "mri-audit harden")
+    return hold_lock(folder, "mri-audit harden", name=f".{out.name}.mri-audit.lock", label=str(out))
 
 
 def _note(saved: str) -> None:

@@ -19,9 +19,10 @@ logger = logging.getLogger(__name__)
 
 
 def _versions() -> dict:
-    import art
     import numpy
     import torch
+
+    from mri_audit.artsetup import art
 
     return {
         "mri_audit": __version__,
@@ -118,11 +119,17 @@ def execute(opts: dict, command_line: list[str]) -> int:
 
 def _claim_out(out: Path, opts: dict, stack: contextlib.ExitStack):
     """Check ``--out`` and take its lock before any work (rank 0); the resumed journal."""
+    from mri_audit.cli import on_interrupt
     from mri_audit.outdir import check_out
     from mri_audit.outlock import hold_lock
 
     check_out(out, resume=opts["resume"], force=opts["force"])
     stack.enter_context(hold_lock(out, "mri-audit run"))
+    on_interrupt(
+        f"no record was written yet; {out} keeps what it held before"
+        if not opts["resume"]
+        else f"the journal in {out} is as it was; run the same command with --resume to continue"
+    )
     return _read(out, repair=True) if opts["resume"] else None
 
 
