@@ -432,3 +432,15 @@ def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert identity.cached_sha256(f) == hashlib.sha256(b"abd").hexdigest()
     assert len(calls) == 2
+
+
+def test_resume_of_an_audit_without_fingerprint_is_refused(
+    finished, tmp_path, singlecoil_dir, models
+):
+    out = _copy(finished, tmp_path)
+    lines = [json.loads(x) for x in _journal(out)]
+    for x in lines:
+        x.pop("audit")
+    (out / "records.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    line = _one_line_error(_run(singlecoil_dir, models, out, "--resume", code=2))
+    assert "made by an older mri-audit, without an audit fingerprint; use --force" in line

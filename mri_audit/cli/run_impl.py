@@ -64,9 +64,11 @@ def _check_resume(header: dict, identity: dict, stored: dict, out: Path) -> None
     if stored.get("audit") == header["audit"]:
         return
     if not stored.get("audit"):
-        diffs = ["it was made by an older mri-audit, without an audit fingerprint"]
-    else:
-        diffs = describe_changes(stored_identity(stored), identity) or ["the audit's fingerprint"]
+        raise UsageError(
+            f"cannot resume the audit in {out}: it was made by an older mri-audit, without an "
+            "audit fingerprint; use --force to start over"
+        )
+    diffs = describe_changes(stored_identity(stored), identity) or ["the audit's fingerprint"]
     raise UsageError(
         f"cannot resume the audit in {out}: {'; '.join(diffs)} changed; "
         "rerun with the same settings, or use --force to start over"
