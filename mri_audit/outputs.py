@@ -145,7 +145,8 @@ def finish_audit(
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write(out / "audit_images.npz", buf.getvalue())
-    write_csv(out / "records.csv", records)
+    # The fingerprint is the audit's (results.json holds it), not a per-row value.
+    write_csv(out / "records.csv", [{k: v for k, v in r.items() if k != "audit"} for r in records])
     write_json(out / "results.json", results)
     from mri_audit.report import render_report
 
