@@ -444,3 +444,10 @@ def test_resume_of_an_audit_without_fingerprint_is_refused(
     (out / "records.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     line = _one_line_error(_run(singlecoil_dir, models, out, "--resume", code=2))
     assert "made by an older mri-audit, without an audit fingerprint; use --force" in line
+
+
+def test_data_synth_into_an_unwritable_place_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(cli, ["data", "synth", "--out", str(tmp_path / "afile" / "x")])
+    assert result.exit_code == 7
+    assert "cannot write" in _one_line_error(result)

@@ -89,17 +89,24 @@ def synth(
         )
     if not re.fullmatch(r"[A-Za-z0-9._-]+", prefix):
         raise click.BadParameter("use letters, digits, '.', '_' or '-'", param_hint="'--prefix'")
-    paths = synth_dataset(
-        out,
-        volumes=volumes,
-        slices=slices,
-        size=size,
-        coils=coils,
-        seed=seed,
-        kspace_shape=kspace_shape,
-        prefix=prefix,
-        noise=noise,
-    )
+    from mri_audit.errors import UsageError, write_failure
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    try:
+        paths = synth_dataset(
+            out,
+            volumes=volumes,
+            slices=slices,
+            size=size,
+            coils=coils,
+            seed=seed,
+            kspace_shape=kspace_shape,
+            prefix=prefix,
+            noise=noise,
+        )
+    except OSError as err:  # each file is written atomically: those already there are whole
+        raise write_failure(out, err, "files already written are complete") from None
     kh, kw = kspace_shape or (size, size)
     kind = "single-coil" if coils == 1 else f"{coils}-coil"
     click.echo(
