@@ -108,6 +108,7 @@ def test_two_process_hardening(model, harden_dir, tmp_path):
         "--out",
         str(tmp_path / "robust.pt"),
         "--no-report",
+        "--keep-checkpoint",  # read below (a successful run removes it otherwise)
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -155,17 +155,88 @@ def _cli_args(tmp_path, data, *extra) -> list[str]:
     ]
 
 
+def _lines(output: str, label: str) -> list[str]:
+    """The lines of ``output`` that report the validation of ``label`` (``start``, ``epoch 2``)."""
+    return [line for line in output.splitlines() if line.startswith(f"{label:<11} SSIM ")]
+
+
+def _each_once(output: str, *labels: str) -> None:
+    for label in labels:
+        assert len(_lines(output, label)) == 1, (label, output)
+
+
 def test_cli_harden_end_to_end_and_resume(tmp_path, harden_dir):
-    args = _cli_args(tmp_path, harden_dir, "--batch-size", "2")
+    args = _cli_args(tmp_path, harden_dir, "--batch-size", "2", "--keep-checkpoint")
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "kept epoch 1" in result.output
+    _each_once(result.output, "start", "epoch 1")
+    assert "train loss" in _lines(result.output, "epoch 1")[0]
     state = torch.load(tmp_path / "robust.pt", weights_only=True)
     assert set(state) == {"body.weight", "body.bias", "head.weight", "head.bias"}
+    assert (tmp_path / "robust.pt.ckpt").exists()  # --keep-checkpoint
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 2 and "--resume" in again.output
     resumed = CliRunner().invoke(cli, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
+    _each_once(resumed.output, "start", "epoch 1")  # the checkpoint's lines, once
+
+
+def test_success_removes_the_checkpoint_and_a_resume_says_the_run_finished(tmp_path, harden_dir):
+    args = _cli_args(tmp_path, harden_dir, "--epochs", "2")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    _each_once(result.output, "start", "epoch 1", "epoch 2")
+    out = tmp_path / "robust.pt"
+    assert out.exists() and (tmp_path / "robust.pt.json").exists()
+    assert not (tmp_path / "robust.pt.ckpt").exists()
+    kept = out.read_bytes()
+    for extra, start in (
+        (["--resume"], f"Error: nothing to resume: {out} holds the kept weights of a finished"),
+        ([], f"Error: {out} holds the kept weights of a finished harden run"),
+    ):
+        again = CliRunner().invoke(cli, [*args, *extra])
+        assert again.exit_code == 2, again.output
+        lines = again.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(start), again.output
+        assert lines[0].endswith("use another --out to train again")
+    assert out.read_bytes() == kept
+    (tmp_path / "robust.pt.json").unlink()  # a weights file that no harden run wrote
+    other = CliRunner().invoke(cli, args)
+    assert other.exit_code == 2 and f"{out} exists; harden does not overwrite it" in other.output
+    resumed = CliRunner().invoke(cli, [*args, "--resume"])
+    assert resumed.exit_code == 2, resumed.output
+    assert "nothing to resume: " in resumed.output and "robust.pt.ckpt does not" in resumed.output
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "error"])
+def test_a_stopped_before_after_audit_keeps_the_checkpoint(tmp_path, harden_dir, monkeypatch, how):
+    from mri_audit.cli import harden_impl
+    from mri_audit.errors import OutputError
+
+    def audit(*args, **kwargs):
+        raise KeyboardInterrupt if how == "ctrl-c" else OutputError("cannot write the audit")
+
+    monkeypatch.setattr(harden_impl, "_audit", audit)
+    args = [a for a in _cli_args(tmp_path, harden_dir) if a != "--no-report"]
+    result = CliRunner().invoke(cli, args)
+    ckpt = tmp_path / "robust.pt.ckpt"
+    assert ckpt.exists(), result.output
+    last = result.output.strip().splitlines()[-1]
+    if how == "ctrl-c":
+        assert result.exit_code == 130, result.output
+        assert last == (
+            f"Interrupted: the kept weights are in {tmp_path / 'robust.pt'} and {ckpt} holds the "
+            "finished training; run the same command with --resume to write the card and the "
+            "before/after audit"
+        )
+    else:
+        assert result.exit_code == 7 and last == "Error: cannot write the audit", result.output
+    monkeypatch.setattr(harden_impl, "_audit", lambda *a, **k: 0)
+    resumed = CliRunner().invoke(cli, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    _each_once(resumed.output, "start", "epoch 1")
+    assert not ckpt.exists()
 
 
 @pytest.mark.parametrize(
@@ -543,7 +614,7 @@ def test_resume_without_weights_starts_from_the_saved_start(tmp_path, harden_dir
     )
     args = _cli_args(tmp_path, harden_dir)
     args[args.index("--model") + 1] = f"{tmp_path}/rnd.py:Net"
-    first = CliRunner().invoke(cli, args)
+    first = CliRunner().invoke(cli, [*args, "--keep-checkpoint"])
     assert first.exit_code == 0, first.output
     torch.manual_seed(12345)  # another constructor draw
     resumed = CliRunner().invoke(cli, [*args, "--resume"])
@@ -551,7 +622,7 @@ def test_resume_without_weights_starts_from_the_saved_start(tmp_path, harden_dir
 
 
 def test_checkpoint_without_identity_is_refused(tmp_path, harden_dir):
-    args = _cli_args(tmp_path, harden_dir)
+    args = _cli_args(tmp_path, harden_dir, "--keep-checkpoint")
     assert CliRunner().invoke(cli, args).exit_code == 0
     ckpt = tmp_path / "robust.pt.ckpt"
     state = torch.load(ckpt, weights_only=True)
@@ -606,10 +677,12 @@ def test_ctrl_c_during_training_exits_130_naming_the_checkpoint(tmp_path, harden
         f"Interrupted: {ckpt} holds epoch 1 of 2; run the same command with --resume to continue"
     )
     assert "Aborted" not in result.output
+    assert ckpt.exists() and (tmp_path / "robust.pt").exists()
     monkeypatch.setattr(Trainer, "train_step", real)
     resumed = CliRunner().invoke(cli, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    assert "epoch 2" in resumed.output
+    _each_once(resumed.output, "start", "epoch 1", "epoch 2")
+    assert not ckpt.exists()  # the resumed run succeeded
 
 
 def test_ctrl_c_during_the_dry_run_exits_130(tmp_path, harden_dir):

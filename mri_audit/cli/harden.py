@@ -19,6 +19,44 @@ from mri_audit.cli.options import (
 from mri_audit.errors import ModelError, UsageError
 
 
+def check_out(out: Path, *, resume: bool) -> None:
+    """Refuse an ``--out`` that a run would overwrite, or a ``--resume`` with nothing to resume.
+
+    A successful run removes its checkpoint ``<out>.ckpt`` (unless ``--keep-checkpoint``), so
+    kept weights without a checkpoint are a finished run: neither a new run nor ``--resume``
+    may write over them.
+
+    Args:
+        out: the ``--out`` weights file.
+        resume: whether ``--resume`` was given.
+
+    Raises:
+        UsageError: ``out`` exists and the run would overwrite it, or cannot resume it (exit 2).
+    """
+    checkpoint = out.with_suffix(out.suffix + ".ckpt")
+    if not out.exists() or (resume and checkpoint.exists()):
+        return
+    if checkpoint.exists():
+        raise UsageError(
+            f"{out} and its checkpoint exist; use --resume to continue, or another --out"
+        )
+    card = out.with_suffix(out.suffix + ".json")
+    finished = f"{out} holds the kept weights of a finished harden run (card {card.name})"
+    if resume and card.exists():
+        raise UsageError(
+            f"nothing to resume: {finished}, whose checkpoint was removed when it succeeded "
+            "(--keep-checkpoint keeps it); use another --out to train again"
+        )
+    if resume:
+        raise UsageError(
+            f"nothing to resume: {out} exists but its checkpoint {checkpoint.name} does not; "
+            f"use another --out to train again (or remove {out})"
+        )
+    if card.exists():
+        raise UsageError(f"{finished}; use another --out to train again")
+    raise UsageError(f"{out} exists; harden does not overwrite it: use another --out, or remove it")
+
+
 def _steps_range(value: str) -> tuple[int, int]:
     try:
         low, _, high = value.partition("-")
@@ -70,15 +108,29 @@ def _steps_range(value: str) -> tuple[int, int]:
     type=click.Choice(["random", "equispaced"]),
     default="random",
     show_default=True,
+    help="fastMRI mask function of the training and validation masks (RandomMaskFunc or "
+    "EquispacedMaskFractionFunc).",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Training epochs; each ends with a validation and a checkpoint.",
+)
 @click.option(
     "--steps",
     type=click.IntRange(min=1),
     default=None,
     help="Steps per epoch [default: one pass over the training slices].",
 )
-@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option(
+    "--lr",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=1e-4,
+    show_default=True,
+    help="Adam learning rate.",
+)
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -107,7 +159,13 @@ def _steps_range(value: str) -> tuple[int, int]:
     show_default=True,
     help="Inner maximisation: random candidates, or + fnaf-pgd.",
 )
-@click.option("--candidates", type=click.IntRange(min=1), default=11, show_default=True)
+@click.option(
+    "--candidates",
+    type=click.IntRange(min=1),
+    default=11,
+    show_default=True,
+    help="FNAF candidates per training slice in the inner maximisation.",
+)
 @click.option(
     "--loss",
     type=click.Choice(["l1", "ssim", "mse", "ssim+l1"]),
@@ -155,18 +213,50 @@ def _steps_range(value: str) -> tuple[int, int]:
     help="Before/after audit folder [default: <out>.audit/].",
 )
 @click.option("--no-report", is_flag=True, help="Skip the before/after audit.")
-@click.option("--resume", is_flag=True, help="Continue from <out>.ckpt.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--amp", is_flag=True, help="Mixed precision for the training step.")
-@click.option("--max-volumes", type=click.IntRange(min=1), default=None)
-@click.option("--max-slices", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run from its checkpoint <out>.ckpt (same options).",
+)
+@click.option(
+    "--keep-checkpoint",
+    is_flag=True,
+    help="Keep <out>.ckpt after a successful run [default: remove it; an interrupted or "
+    "failed run always keeps it for --resume].",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of every random draw (batches, masks, features); the same seed gives the same "
+    "weights.",
+)
+@click.option(
+    "--amp",
+    is_flag=True,
+    help="Mixed precision for the training step (float16 on CUDA, bfloat16 on the CPU).",
+)
+@click.option(
+    "--max-volumes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train on at most N volumes (the held-out volumes are all used).",
+)
+@click.option(
+    "--max-slices",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use at most N central slices per volume (training and held-out).",
+)
 @device_option
 def harden(**opts) -> None:
     """Fine-tune a model to resist FNAFs; keeps the best epoch and audits before vs after.
 
     Each step finds FNAFs against the current weights, then minimises the clean loss plus
     --lambda times the loss on the FNAF-augmented inputs. A checkpoint (<out>.ckpt) is written
-    every epoch; --resume continues from it. The kept weights have the lowest validation
+    every epoch; --resume continues from it. It is removed once the run has succeeded (unless
+    --keep-checkpoint). The kept weights have the lowest validation
     fnaf-rs attack rate among epochs (and --interpolate blends) within --ssim-tolerance and
     --nmse-tolerance of the starting model, measured on held-out `select` slices; the
     before/after audit then reports other held-out slices (--val-data), never the ones the
@@ -178,10 +268,7 @@ def harden(**opts) -> None:
         check_acceleration(a, opts["center_fraction"])
     opts["feature_steps_range"] = _steps_range(opts["feature_steps_range"])
     out = Path(opts["out"])
-    if out.exists() and not opts["resume"] and out.with_suffix(out.suffix + ".ckpt").exists():
-        raise UsageError(
-            f"{out} and its checkpoint exist; use --resume to continue, or another --out"
-        )
+    check_out(out, resume=opts["resume"])
     if opts["weights"] and Path(opts["weights"]).resolve() == out.resolve():
         raise UsageError("--out must differ from --weights (the original is kept)")
     report_out = Path(opts["report_out"] or f"{out}.audit")

@@ -131,6 +131,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
     from tqdm import tqdm
 
     from mri_audit.cli.harden_resume import (
+        checkpoint_entries,
         checkpoint_identity,
         harden_identity,
         identified_trainer,
@@ -217,7 +218,8 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         attack_classes=attack_classes,
         checkpoint=checkpoint,
         out=out,
-        progress=lambda **kw: tqdm(leave=True, disable=None, dynamic_ncols=True, **kw),
+        # The bar gives way to the epoch's line (printed once, by report_epoch).
+        progress=lambda **kw: tqdm(leave=False, disable=None, dynamic_ncols=True, **kw),
         train_model=train_model,
         rank=env.rank,
         world_size=env.world_size,
@@ -241,13 +243,11 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
 
     def report_epoch(entry: dict) -> None:
         if env.is_main:
-            label = _label(entry)
-            click.echo(
-                f"{label:<11} SSIM {entry['ssim']:.4f}  NMSE {entry['nmse']:.5f}  "
-                f"fnaf-rs attack rate {entry['attack_rate']:.1%}",
-                err=True,
-            )
+            click.echo(epoch_line(entry))
 
+    if resuming and env.is_main:  # the lines of the epochs done before, then the new ones
+        for entry in checkpoint_entries(checkpoint):
+            report_epoch(entry)
     summary = trainer.fit(resume=opts["resume"], on_epoch=report_epoch)
     _note(
         f"the kept weights are in {out} and {checkpoint} holds the finished training; "
@@ -259,17 +259,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         if opts["no_report"]:
             return 0
         return _audit(opts, original, val, config, accels, opened.loaded.name, command_line)
-    start, best = summary["start"], summary["best"]
-    click.echo(
-        f"start       SSIM {start['ssim']:.4f}  NMSE {start['nmse']:.5f}  "
-        f"fnaf-rs attack rate {start['attack_rate']:.1%}"
-    )
-    for h in summary["history"] + summary["blends"]:
-        loss = f"  train loss {h['train_loss']:.4f}" if "train_loss" in h else ""
-        click.echo(
-            f"{_label(h):<11} SSIM {h['ssim']:.4f}  NMSE {h['nmse']:.5f}  "
-            f"fnaf-rs attack rate {h['attack_rate']:.1%}{loss}"
-        )
+    best = summary["best"]
     note = (
         " (nothing kept SSIM and NMSE within tolerance: last epoch written)"
         if best.get("fallback")
@@ -291,13 +281,26 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
     from mri_audit.results import write_json
 
     write_json(out.with_suffix(out.suffix + ".json"), json.loads(json.dumps(card)))
-    if opts["no_report"]:
-        return 0
-    click.echo(f"before/after audit on the validation data -> {_report_out(opts)}/")
-    code = _audit(opts, original, val, config, accels, opened.loaded.name, command_line)
-    if code != EXIT_INTERRUPTED:
-        add_audit_to_card(out, _report_out(opts))
+    code = 0
+    if not opts["no_report"]:
+        click.echo(f"before/after audit on the validation data -> {_report_out(opts)}/")
+        code = _audit(opts, original, val, config, accels, opened.loaded.name, command_line)
+        if code != EXIT_INTERRUPTED:
+            add_audit_to_card(out, _report_out(opts))
+    if code == 0:
+        _finished(out, checkpoint, keep=bool(opts.get("keep_checkpoint")))
     return code
+
+
+def _finished(out: Path, checkpoint: Path, *, keep: bool) -> None:
+    """After a successful run: remove the checkpoint unless ``keep`` (an interrupted or failed
+    run never gets here, so its checkpoint stays for ``--resume``)."""
+    card = out.with_suffix(out.suffix + ".json")
+    _note(f"the run has finished: the kept weights are in {out}, the card in {card}")
+    if not keep:
+        with contextlib.suppress(FileNotFoundError):
+            checkpoint.unlink()
+        logger.info("removed %s: the run has finished (--keep-checkpoint keeps it)", checkpoint)
 
 
 def add_audit_to_card(out: Path, report_out: Path) -> None:
@@ -314,6 +317,15 @@ def add_audit_to_card(out: Path, report_out: Path) -> None:
     card["sha256"] = sha256_file(out)
     card["before_after_audit"] = {"clean": results["clean"], "attacks": results["attacks"]}
     write_json(card_path, card)
+
+
+def epoch_line(entry: dict) -> str:
+    """The line of one validated epoch, blend or the start (printed once, as it is done)."""
+    loss = f"  train loss {entry['train_loss']:.4f}" if "train_loss" in entry else ""
+    return (
+        f"{_label(entry):<11} SSIM {entry['ssim']:.4f}  NMSE {entry['nmse']:.5f}  "
+        f"fnaf-rs attack rate {entry['attack_rate']:.1%}{loss}"
+    )
 
 
 def _label(entry: dict) -> str:

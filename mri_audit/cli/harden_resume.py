@@ -19,6 +19,7 @@ from typing import Any
 from mri_audit.errors import UsageError
 
 __all__ = [
+    "checkpoint_entries",
     "checkpoint_identity",
     "harden_identity",
     "identity_changes",
@@ -170,6 +171,19 @@ def checkpoint_identity(checkpoint: Path, identity: Mapping[str, Any]) -> int:
         )
     epoch = state.get("epoch")
     return epoch if isinstance(epoch, int) else 0
+
+
+def checkpoint_entries(checkpoint: Path) -> list[dict[str, Any]]:
+    """The validation entries a checkpoint holds, in the order they were made: the start, each
+    finished epoch, then the blends (once they are all done).
+
+    Call it after :func:`checkpoint_identity` has accepted the checkpoint; reads it memory-mapped.
+    """
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    start = [{"epoch": 0, **state["start"]}] if state.get("start") else []
+    return [*start, *(state.get("history") or []), *(state.get("blends") or [])]
 
 
 def identified_trainer(identity: Mapping[str, Any], on_save=None) -> type:
