@@ -41,6 +41,7 @@ __all__ = [
     "scan_volume",
     "size_reason",
     "summarize",
+    "volume_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -189,6 +190,33 @@ def _fallback_targets(kspace: np.ndarray, vol: VolumeInfo, finite: np.ndarray) -
     return out
 
 
+def volume_problem(vol: VolumeInfo, slices: Sequence[int], scan: VolumeScan) -> str | None:
+    """Why a scanned file cannot be used as a whole (without its path), or None if it can.
+
+    Args:
+        vol: the file, as :func:`~mri_audit.fastmri_io.inspect_file` validated it.
+        slices: the slice indices that were scanned (the ones a dataset keeps).
+        scan: :func:`scan_volume` of those slices, with ``want_peak`` when the file has no
+            ``max`` attribute.
+
+    Returns:
+        One line with the problem and its fix: no valid slice among ``slices``, or (without a
+        ``max`` attribute) no finite positive target anywhere; None for a usable file.
+    """
+    if len(scan.reasons) == len(slices):
+        counts = "; ".join(f"{r}: {n}" for r, n in summarize(scan.reasons).items())
+        return (
+            f"none of its {len(slices)} slices to audit is valid ({counts}); "
+            "fix the file or remove it from the data"
+        )
+    if "max" not in vol.attrs and (scan.peak is None or not scan.peak > 0):
+        return (
+            "the target is zero or not finite in every slice and there is no 'max' attribute, "
+            "so the metrics have no data range; re-create the file or add its 'max' attribute"
+        )
+    return None
+
+
 def check_volumes(
     volumes: Sequence[VolumeInfo], kept: Sequence[Sequence[int]]
 ) -> tuple[dict[int, str], dict[int, float]]:
@@ -212,20 +240,12 @@ def check_volumes(
     for v, (vol, slices) in enumerate(zip(volumes, kept, strict=True)):
         want_peak = "max" not in vol.attrs
         scan = scan_volume(vol, slices, want_peak=want_peak)
-        counts = "; ".join(f"{r}: {n}" for r, n in summarize(scan.reasons).items())
-        if len(scan.reasons) == len(slices):
-            raise DataError(
-                f"{vol.path}: none of its {len(slices)} slices to audit is valid ({counts}); "
-                "fix the file or remove it from the data"
-            )
+        problem = volume_problem(vol, slices, scan)
+        if problem is not None:
+            raise DataError(f"{vol.path}: {problem}")
         if want_peak:
-            if scan.peak is None or not scan.peak > 0:
-                raise DataError(
-                    f"{vol.path}: the target is zero or not finite in every slice and there is no "
-                    "'max' attribute, so the metrics have no data range; re-create the file or "
-                    "add its 'max' attribute"
-                )
             peaks[v] = scan.peak
+        counts = "; ".join(f"{r}: {n}" for r, n in summarize(scan.reasons).items())
         if scan.reasons:
             logger.warning(
                 "%s: %d of %d slices will be skipped (%s)",

@@ -27,7 +27,7 @@ from mri_audit.data import (
 )
 from mri_audit.errors import DataError
 from mri_audit.fastmri_io import parse_ismrmrd_header
-from mri_audit.phantoms import make_volume, write_volume
+from mri_audit.phantoms import make_volume, synth_dataset, write_volume
 from mri_audit.physics import center_crop, ifft2c, rss
 from tests.conftest import MULTI, SINGLE
 
@@ -319,3 +319,109 @@ def test_cli_errors(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["data", "synth", "--out", str(tmp_path / "x"), "--volumes", "0"])
     assert result.exit_code == 2 and "--volumes" in result.output
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# `data info`: every file reported, good or bad.
+
+
+def _info_folder(root: Path) -> Path:
+    """Two good single-coil files (``good_0000.h5``, ``good_0001.h5``: 3 slices, k-space 64x40,
+    target 32x32 in ``reconstruction_esc``), one without a target, and four bad files: truncated,
+    no ``kspace``, ``max`` = -1, every slice's k-space zero."""
+    folder = root / "mixed"
+    spec = {"volumes": 2, "slices": 3, "size": 32, "coils": 1, "kspace_shape": (64, 40)}
+    synth_dataset(folder, prefix="good", seed=1, **spec)
+    good = folder / "good_0000.h5"
+    cut = folder / "cut.h5"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    _write(folder / "nok.h5", reconstruction_esc=np.zeros((2, 8, 8), np.float32))
+    for name in ("max.h5", "rss.h5", "zero.h5"):
+        shutil.copy(good, folder / name)
+    with h5py.File(folder / "max.h5", "a") as hf:
+        hf.attrs["max"] = -1.0
+    with h5py.File(folder / "rss.h5", "a") as hf:
+        del hf["reconstruction_esc"]
+    with h5py.File(folder / "zero.h5", "a") as hf:
+        hf["kspace"][...] = 0
+    return folder
+
+
+def test_info_reports_every_file_good_or_bad(tmp_path: Path, caplog) -> None:
+    folder = _info_folder(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="mri_audit"):
+        result = CliRunner().invoke(cli, ["data", "info", str(folder)])
+    assert result.exit_code == DataError.exit_code, result.output
+    lines = result.output.strip().splitlines()
+    by_file = {line[5:].split(":", 1)[0]: line for line in lines[:7]}
+    assert sorted(by_file) == [
+        "cut.h5",
+        "good_0000.h5",
+        "good_0001.h5",
+        "max.h5",
+        "nok.h5",
+        "rss.h5",
+        "zero.h5",
+    ]
+    good = "3 slices, k-space 64x40 (1 coil), target reconstruction_esc 32x32"
+    assert by_file["good_0000.h5"] == f"ok   good_0000.h5: {good}, invalid slices: 0"
+    assert by_file["rss.h5"] == (
+        "ok   rss.h5: 3 slices, k-space 64x40 (1 coil), target computed RSS 32x32, "
+        "invalid slices: 0"
+    )
+    assert by_file["cut.h5"].startswith("bad  cut.h5: not a readable HDF5 file (")
+    assert by_file["cut.h5"].endswith("re-download or re-create the file")
+    assert by_file["nok.h5"].startswith("bad  nok.h5: no 'kspace' dataset; ")
+    assert by_file["max.h5"].startswith("bad  max.h5: attribute 'max' is -1; ")
+    assert by_file["zero.h5"] == (
+        "bad  zero.h5: none of its 3 slices to audit is valid (all-zero k-space: 3); fix the "
+        f"file or remove it from the data [{good}]"
+    )
+    summary = "\n".join(lines[7:])
+    assert "files:    7 (3 ok, 4 bad)" in summary and "volumes:  3" in summary
+    assert (
+        "slices:   9" in summary and "targets:  reconstruction_esc: 2, computed RSS: 1" in summary
+    )
+    assert lines[-1] == (
+        "Error: 4 of 7 files cannot be used (cut.h5, max.h5, nok.h5, zero.h5); fix them or "
+        "remove them from the data"
+    )
+    assert "Traceback" not in result.output and "WARNING" not in result.output
+    assert not [r for r in caplog.records if "no reconstruction_esc" in r.getMessage()]
+
+
+def test_info_of_good_files_exits_0_and_names_the_target_keys(tmp_path: Path) -> None:
+    folder = _info_folder(tmp_path)
+    for name in ("cut.h5", "nok.h5", "max.h5", "zero.h5"):
+        (folder / name).unlink()
+    result = CliRunner().invoke(cli, ["data", "info", str(folder), "--max-slices", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == [
+        "ok   good_0000.h5",
+        "ok   good_0001.h5",
+        "ok   rss.h5",
+    ]
+    assert "2 of 3 slices" in lines[0] and "target computed RSS 32x32" in lines[2]
+    assert "files:    3 (3 ok, 0 bad)" in result.output and "slices:   6" in result.output
+    multi = tmp_path / "multi"
+    synth_dataset(multi, prefix="mc", volumes=1, slices=2, size=32, coils=4, seed=2)
+    result = CliRunner().invoke(cli, ["data", "info", str(multi / "mc_0000.h5")])
+    assert result.exit_code == 0, result.output
+    assert "(4 coils), target reconstruction_rss 32x32" in result.output
+
+
+def test_inspect_files_matches_what_an_audit_opens(tmp_path: Path) -> None:
+    from mri_audit.data_info import COMPUTED_RSS, inspect_files
+
+    folder = _info_folder(tmp_path)
+    reports = {r.path.name: r for r in inspect_files(folder)}
+    for name, report in reports.items():
+        if report.ok:
+            assert len(SliceDataset(folder / name)) == report.slices
+        else:
+            with pytest.raises(DataError) as info:
+                SliceDataset(folder / name)
+            assert str(info.value) == f"{folder / name}: {report.problem}"
+    assert reports["rss.h5"].target == COMPUTED_RSS and reports["cut.h5"].target is None
+    assert reports["zero.h5"].invalid == {"all-zero k-space": 3}

@@ -122,21 +122,90 @@ def synth(
     "--max-slices", type=click.IntRange(min=1), default=None, help="Central N slices per volume."
 )
 def info(path: Path, max_volumes: int | None, max_slices: int | None) -> None:
-    """Check a fastMRI .h5 file or folder (attrs and every slice) and describe it."""
-    from mri_audit.data import open_dataset
+    """Check a fastMRI .h5 file or folder (attrs and every slice) and describe it.
 
-    dataset = open_dataset(path, max_volumes=max_volumes, max_slices=max_slices)
-    desc = dataset.describe()
+    One line per file, good or bad: `ok` with its slices, k-space grid (and coils), target key
+    (reconstruction_esc, reconstruction_rss, or a computed RSS when the file has neither) and
+    invalid slices, or `bad` with the one-line problem. Then a summary of the good files. Exits
+    4 when any file is bad (an audit cannot use the folder), after reporting every file.
+    """
+    from mri_audit.data_info import inspect_files
+    from mri_audit.errors import DataError
 
-    def shapes(key: str) -> str:
-        return ", ".join("x".join(map(str, s)) for s in desc[key])
+    reports = inspect_files(path, max_volumes=max_volumes, max_slices=max_slices)
+    for report in reports:
+        click.echo(_file_line(report))
+    good = [r for r in reports if r.ok]
+    bad = [r for r in reports if not r.ok]
+    _summary(path, good, bad)
+    if bad:
+        names = ", ".join(r.path.name for r in bad[:4]) + (
+            f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        )
+        raise DataError(
+            f"{len(bad)} of {len(reports)} files cannot be used ({names}); fix them or remove "
+            "them from the data"
+        )
 
-    click.echo(f"source:   {desc['source']}")
-    click.echo(f"volumes:  {desc['volumes']}")
-    click.echo(f"slices:   {desc['slices']}")
-    click.echo(f"k-space:  {shapes('kspace_shapes')}")
-    click.echo(f"target:   {shapes('target_shapes')}")
-    click.echo(f"coils:    {', '.join(map(str, desc['coils']))}")
-    invalid = desc.get("invalid_slices") or {}
-    counts = "; ".join(f"{reason}: {n}" for reason, n in invalid.items())
-    click.echo(f"invalid:  {sum(invalid.values())} slices" + (f" ({counts})" if counts else ""))
+
+def _grid(shape) -> str:
+    return "x".join(str(int(n)) for n in shape)
+
+
+def _details(report) -> str:
+    """Slices, k-space grid and coils, and target of a file whose metadata was read."""
+    vol = report.volume
+    coils = vol.kspace_shape[0]
+    slices = (
+        f"{report.slices} slices"
+        if report.slices == vol.num_slices
+        else f"{report.slices} of {vol.num_slices} slices"
+    )
+    plural = "s" if coils > 1 else ""
+    return (
+        f"{slices}, k-space {_grid(vol.kspace_shape[1:])} ({coils} coil{plural}), "
+        f"target {report.target} {_grid(vol.target_shape)}"
+    )
+
+
+def _file_line(report) -> str:
+    """``ok   name: details, invalid slices`` or ``bad  name: problem [details]``."""
+    name = report.path.name
+    if not report.ok:
+        details = f" [{_details(report)}]" if report.volume is not None else ""
+        return f"bad  {name}: {report.problem}{details}"
+    return f"ok   {name}: {_details(report)}, invalid slices: {_counted(report.invalid)}"
+
+
+def _counted(counts: dict[str, int]) -> str:
+    """``0``, or ``2 (reason: 1; reason: 1)``."""
+    listed = "; ".join(f"{reason}: {n}" for reason, n in counts.items())
+    return f"{sum(counts.values())}" + (f" ({listed})" if listed else "")
+
+
+def _summary(path: Path, good: list, bad: list) -> None:
+    """The totals over the good files (the ones an audit could use)."""
+    vols = [r.volume for r in good]
+
+    def shapes(values) -> str:
+        return ", ".join(_grid(s) for s in sorted(set(values))) or "-"
+
+    targets: dict[str, int] = {}
+    invalid: dict[str, int] = {}
+    for r in good:
+        targets[r.target] = targets.get(r.target, 0) + 1
+        for reason, n in r.invalid.items():
+            invalid[reason] = invalid.get(reason, 0) + n
+    invalid = dict(sorted(invalid.items(), key=lambda kv: (-kv[1], kv[0])))
+    click.echo(f"source:   {path}")
+    click.echo(f"files:    {len(good) + len(bad)} ({len(good)} ok, {len(bad)} bad)")
+    click.echo(f"volumes:  {len(good)}")
+    click.echo(f"slices:   {sum(r.slices for r in good)}")
+    click.echo(f"k-space:  {shapes(tuple(v.kspace_shape[1:]) for v in vols)}")
+    click.echo(f"target:   {shapes(tuple(v.target_shape) for v in vols)}")
+    click.echo(f"coils:    {', '.join(str(c) for c in sorted({v.kspace_shape[0] for v in vols}))}")
+    by_count = sorted(targets.items(), key=lambda kv: (-kv[1], kv[0]))
+    click.echo(f"targets:  {', '.join(f'{k}: {n}' for k, n in by_count) or '-'}")
+    total = sum(invalid.values())
+    listed = "; ".join(f"{reason}: {n}" for reason, n in invalid.items())
+    click.echo(f"invalid:  {total} slices" + (f" ({listed})" if listed else ""))
