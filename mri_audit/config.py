@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,11 @@ __all__ = ["read_config"]
 _COMMA_LISTS = frozenset({"attack_list"})
 
 
-def read_config(path: str | Path, command: click.Command) -> dict[str, Any]:
+def read_config(
+    path: str | Path,
+    command: click.Command,
+    tables: Mapping[str, Callable[[Any, str], Any]] | None = None,
+) -> dict[str, Any]:
     """Read a config file and check its keys and values against ``command``'s options.
 
     Keys may use dashes or underscores (``max-slices`` or ``max_slices``).
@@ -38,6 +43,8 @@ def read_config(path: str | Path, command: click.Command) -> dict[str, Any]:
     Args:
         path: the TOML file.
         command: the click command whose options the keys name.
+        tables: keys that hold tables rather than an option's value (``models`` for ``run``),
+            each with the function that checks and converts it (``(value, path) -> value``).
 
     Returns:
         ``{option name: value}``, ready for ``ctx.default_map``.
@@ -65,7 +72,17 @@ def read_config(path: str | Path, command: click.Command) -> dict[str, Any]:
     }
     out = {}
     for key, value in data.items():
+        if tables and key in tables:
+            out[key] = tables[key](value, str(path))
+            continue
         name = aliases.get(key.replace("-", "_"))
+        is_tables = isinstance(value, list) and any(isinstance(v, dict) for v in value)
+        if key == "compare" and tables and "models" in tables and is_tables:
+            raise UsageError(
+                f"config file {path}: write the models to compare as [[models]] tables "
+                "(spec = ..., name = ..., weights = ..., args = {...}, input = ...), the "
+                "first one being the main model; [[compare]] is not a key"
+            )
         if name is None:
             if isinstance(value, dict):
                 raise UsageError(

@@ -18,7 +18,13 @@ from mri_audit.physics import MaskFunc, mask_to_tensor
 from mri_audit.plugins import LoadedModel, load_model
 from mri_audit.reconstructor import DOMAINS, Reconstructor
 
-__all__ = ["OpenedModel", "open_model", "validate_reconstructor", "resolve_domain"]
+__all__ = [
+    "OpenedModel",
+    "forward_domain",
+    "open_model",
+    "validate_reconstructor",
+    "resolve_domain",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +38,31 @@ class OpenedModel(NamedTuple):
     trainable: int
 
 
+def forward_domain(module: torch.nn.Module) -> str | None:
+    """``"kspace"`` when ``forward`` takes two or more required arguments (fastMRI's k-space
+    models take ``(masked_kspace, mask, ...)``), ``"image"`` when it takes one, else None."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError, AttributeError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
+    if len(required) >= 2:
+        return "kspace"
+    return "image" if len(required) == 1 else None
+
+
 def resolve_domain(loaded: LoadedModel, requested: str | None) -> str:
-    """``--input`` wins, then the class attribute ``mri_audit_input``, then ``image``."""
-    domain = requested or loaded.input_domain or "image"
+    """``--input`` (or the model's ``input``) wins, then the class attribute
+    ``mri_audit_input``, then the forward signature (see :func:`forward_domain`), then image."""
+    domain = requested or loaded.input_domain
+    if domain is None and loaded.kind != "torchscript":
+        domain = forward_domain(loaded.module)
+        if domain == "kspace":
+            logger.info("%s: input domain kspace (forward takes two arguments)", loaded.name)
+    domain = domain or "image"
     if domain not in DOMAINS:
         raise ModelError(
             f"{loaded.name} declares mri_audit_input = {domain!r}; use 'image' or 'kspace'"

@@ -10,10 +10,7 @@ from click.testing import CliRunner
 from mri_audit.cli import cli
 
 #: (command path, option) pairs known to lack a help text, to be filled in and removed from here.
-KNOWN_WITHOUT_HELP: set[tuple[str, str]] = {
-    ("mri-audit run", "--seed"),
-    ("mri-audit check", "--batch-size"),
-}
+KNOWN_WITHOUT_HELP: set[tuple[str, str]] = set()
 
 
 def _options(command: click.Command, path: str) -> Iterator[tuple[str, click.Option]]:

@@ -103,5 +103,5 @@ def test_cli_refuses_before_any_work(tmp_path, text):
     )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: config key"), result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: config "), result.output
     assert not out.exists()

@@ -17,7 +17,13 @@ from mri_audit.cli.options import (
 @model_options
 @mask_options
 @data_options
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Slices per model pass (speed only).",
+)
 @device_option
 def check(
     model_spec,

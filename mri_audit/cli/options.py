@@ -67,14 +67,22 @@ device_option = click.option(
     help="Where models and attacks run; auto picks a GPU when there is one.",
 )
 
-model_options = _compose(
-    click.option(
-        "--model",
-        "model_spec",
-        required=True,
-        metavar="SPEC",
-        help="The model: path/to/file.py:Name, package.module:Name, or a TorchScript file.",
-    ),
+
+def _model_options(*, required: bool) -> Callable:
+    return _compose(
+        click.option(
+            "--model",
+            "model_spec",
+            required=required,
+            metavar="SPEC",
+            help="The model: path/to/file.py:Name, package.module:Name, or a TorchScript file."
+            + ("" if required else " (Or the first [[models]] table of --config.)"),
+        ),
+        _MODEL_SETTINGS,
+    )
+
+
+_MODEL_SETTINGS = _compose(
     click.option(
         "--weights",
         type=click.Path(dir_okay=False),
@@ -85,14 +93,16 @@ model_options = _compose(
         "model_args",
         multiple=True,
         metavar="KEY=VALUE",
-        help="Constructor argument (repeatable); values are Python literals or strings.",
+        help="Constructor argument of the model (repeatable; values are Python literals or "
+        "strings); NAME:KEY=VALUE gives one to the --compare model NAME.",
     ),
     click.option(
         "--input",
         "input_domain",
         type=click.Choice(["image", "kspace"]),
         default=None,
-        help="Input domain; default: the class attribute mri_audit_input, else image.",
+        help="Input domain of the (main) model; default: its class attribute mri_audit_input, "
+        "else kspace when forward takes (masked_kspace, mask), else image.",
     ),
     click.option(
         "--normalize",
@@ -102,6 +112,10 @@ model_options = _compose(
         help="Image-domain input normalisation (fastMRI U-Net transform) or raw magnitudes.",
     ),
 )
+model_options = _model_options(required=True)
+"""``--model`` (required), ``--weights``, ``--model-arg``, ``--input``, ``--normalize``."""
+run_model_options = _model_options(required=False)
+"""The same, with ``--model`` optional (``run`` also takes ``[[models]]`` tables)."""
 
 mask_options = _compose(
     click.option(

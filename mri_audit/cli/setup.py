@@ -9,9 +9,9 @@ import torch
 
 from mri_audit.data import SliceBatch, collate, open_dataset, valid_indices
 from mri_audit.device import resolve_device
-from mri_audit.errors import DataError
+from mri_audit.errors import DataError, MriAuditError
+from mri_audit.model_entries import ModelEntry, with_arguments
 from mri_audit.physics import MaskFunc, make_mask_func
-from mri_audit.plugins import parse_model_args
 from mri_audit.validate import OpenedModel, open_model
 
 logger = logging.getLogger(__name__)
@@ -58,27 +58,74 @@ def open_models(
     names: Sequence[str | None] | None = None,
 ) -> list[OpenedModel]:
     """Open every ``(spec, weights)``; ``--model-arg`` and ``--input`` apply to the first
-    (and to every model in ``same_args`` mode, when all specs are the same model)."""
-    args = parse_model_args(model_args)
-    same = all(spec == specs[0][0] for spec, _ in specs)
+    (and to every model when all specs are the same model)."""
+    entries = [
+        ModelEntry(spec, names[i] if names else None, weights)
+        for i, (spec, weights) in enumerate(specs)
+    ]
+    entries[0] = entries[0]._replace(input=input_domain)
+    entries = with_arguments(entries, model_args)
+    return open_entries(
+        entries,
+        normalize=normalize,
+        device=device,
+        probe=probe,
+        mask_func=mask_func,
+        need_gradient=need_gradient,
+    )
+
+
+def open_entries(
+    entries: Sequence[ModelEntry],
+    *,
+    normalize: str,
+    device: torch.device,
+    probe: SliceBatch,
+    mask_func: MaskFunc,
+    need_gradient: bool,
+) -> list[OpenedModel]:
+    """Open, wrap and dry-run every model with its own settings; a model's error names it."""
     opened = []
-    for i, (spec, weights) in enumerate(specs):
-        first = i == 0 or same
-        opened.append(
-            open_model(
-                spec,
-                weights=weights,
-                model_args=args if first else None,
-                input_domain=input_domain if first else None,
-                normalize=normalize,
-                device=device,
-                probe=probe,
-                mask_func=mask_func,
-                need_gradient=need_gradient,
-                name=names[i] if names else None,
+    for i, entry in enumerate(entries):
+        try:
+            opened.append(
+                open_model(
+                    entry.spec,
+                    weights=entry.weights,
+                    model_args=dict(entry.args),
+                    input_domain=entry.input,
+                    normalize=entry.normalize or normalize,
+                    device=device,
+                    probe=probe,
+                    mask_func=mask_func,
+                    need_gradient=need_gradient,
+                    name=entry.name,
+                )
             )
-        )
+        except MriAuditError as err:
+            if len(entries) == 1 and entry.name is None:
+                raise
+            message = str(err)
+            if i > 0:  # --model-arg KEY=VALUE reaches the main model only
+                message = message.replace(
+                    "(check --model-arg)",
+                    f"(give its arguments with --model-arg {entry.name}:KEY=VALUE, or args in "
+                    "its [[models]] table of --config)"
+                    if entry.name
+                    else "(name it with --compare NAME=SPEC and give its arguments with "
+                    "--model-arg NAME:KEY=VALUE, or use a [[models]] table of --config)",
+                )
+            role = "main model" if i == 0 else f"model {i + 1}"
+            new = type(err)(f"{role} {entry.label!r}: {message}")
+            raise new from None
     return opened
 
 
-__all__ = ["build_mask_func", "open_data", "open_models", "probe_batch", "resolve_device"]
+__all__ = [
+    "build_mask_func",
+    "open_data",
+    "open_entries",
+    "open_models",
+    "probe_batch",
+    "resolve_device",
+]
