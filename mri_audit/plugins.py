@@ -1,63 +1,42 @@
-"""Loading user models: ``file.py:Name``, ``package.module:Name`` or a TorchScript file.
+"""Loading user models: ``file.py:Name``, ``package.module:Name``, or a model file that carries
+its own code: a ``torch.export`` program (``.pt2``) or a TorchScript file (see
+:mod:`mri_audit.exported`).
 
 Every failure becomes a one-line :class:`~mri_audit.errors.ModelError` naming the cause and the
 fix; no traceback reaches the user.
 
-How a model file is imported (``path/to/net.py:Net``):
-
-- The file's folder becomes a synthetic package ``mri_audit_user_<sha1(folder)[:12]>`` (a module
-  object with ``__path__ = [folder]``, registered in :data:`sys.modules`), and the file is loaded
-  as its submodule ``<package>.<stem>``. Two files called ``net.py`` in different folders therefore
-  get different module names and never collide, and relative imports of siblings
-  (``from . import helper``, ``from .helper import Block``) work.
-- A plain ``import helper`` of a sibling also works: while the model file executes (and only
-  then), a finder at the *end* of :data:`sys.meta_path` resolves top-level names that exist as
-  ``helper.py`` or ``helper/__init__.py`` in the model's folder and that no other finder found.
-  Such siblings are removed from :data:`sys.modules` again once the file has run (the model keeps
-  its reference), so another folder's ``helper.py`` is found afresh. An installed module of the
-  same name wins; a lazy ``import helper`` inside ``forward`` is not resolved. Prefer relative
-  imports when in doubt.
-- :data:`sys.path` is never modified.
+How a model file is imported (its own module, sibling imports, no :data:`sys.path` edits) is
+:mod:`mri_audit.pyimport`.
 
 A model declares its input domain with a class attribute ``mri_audit_input = "image"`` or
-``"kspace"``. TorchScript keeps it only when it is annotated ``Final[str]`` or set in
-``__init__``; otherwise the domain of a TorchScript model comes from ``--input``.
+``"kspace"``. A ``.pt2`` program stores it as an extra file of its archive, TorchScript only
+when it is annotated ``Final[str]`` or set in ``__init__``; otherwise the domain of such a model
+comes from ``--input``.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import difflib
-import hashlib
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
-import re
 import sys
 import traceback
 import types
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import torch
 from torch import nn
 
+from mri_audit.checkpoints import _exc_text, _names, _one_line, _require_file
 from mri_audit.errors import ModelError
-from mri_audit.weights import (
-    _exc_text,
-    _names,
-    _one_line,
-    _require_file,
-    _zip_leaves,
-    apply_weights,
-    load_state_dict,
-    sha256_file,
-)
+from mri_audit.exported import load_exported, load_torchscript, program_kind, weights_target
+from mri_audit.pyimport import import_model_file
+from mri_audit.weights import apply_weights, load_state_dict, sha256_file
 
 __all__ = [
     "LoadedModel",
@@ -71,7 +50,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TORCHSCRIPT_SUFFIXES = (".pt", ".ts", ".pth")
+PROGRAM_SUFFIXES = (".pt2", ".pt", ".ts", ".pth")
 INPUT_DOMAINS = ("image", "kspace")
 _MAX_LISTED = 10
 _MAX_KEYS = 5
@@ -83,14 +62,16 @@ class LoadedModel(NamedTuple):
     Attributes:
         module: the model, on the CPU.
         spec: the ``--model`` value as the user gave it.
-        name: display name, e.g. ``"unet.py:UNet"`` or ``"model.pt"`` for TorchScript.
-        kind: ``"file"``, ``"module"`` or ``"torchscript"``.
-        source_path: the ``.py`` or TorchScript file (``None`` for an installed module).
+        name: display name, e.g. ``"unet.py:UNet"``, or ``"model.pt2"`` for a model file.
+        kind: ``"file"``, ``"module"``, ``"exported"`` (a torch.export program) or
+            ``"torchscript"``; the last two are :data:`mri_audit.exported.PROGRAM_KINDS`.
+        source_path: the ``.py``, ``.pt2`` or TorchScript file (``None`` for an installed
+            module).
         weights_path: the weights file, if any.
         input_domain: the model's ``mri_audit_input`` (``"image"``/``"kspace"``), None if unset.
         sources: the model's source files: the file and every module imported from its folder
             while it loaded (a ``file.py:Name``), the package's loaded modules (a
-            ``package.module:Name``) or the TorchScript file.
+            ``package.module:Name``) or the ``.pt2``/TorchScript file.
     """
 
     module: nn.Module
@@ -151,10 +132,12 @@ def load_model(
     """Load a user model from ``--model``, construct it and load its weights.
 
     Args:
-        spec: ``path/to/file.py:Name``, ``package.module:Name`` or a TorchScript file
-            (``.pt``/``.ts``/``.pth``, or any existing file given without ``:Name``).
+        spec: ``path/to/file.py:Name``, ``package.module:Name``, a torch.export program
+            (``.pt2``) or a TorchScript file (``.pt``/``.ts``/``.pth``, or any existing file
+            given without ``:Name``; the file's content decides which).
         model_args: keyword arguments for ``Name`` (see :func:`parse_model_args`).
-        weights: a state dict file for :func:`load_state_dict`, loaded with ``strict=True``.
+        weights: a state dict or checkpoint file, read with ``weights_only=True`` and loaded
+            with ``strict=True`` after fitting its key prefix (:func:`apply_weights`).
 
     Returns:
         The loaded model (in eval mode is left to the caller; the module is on the CPU).
@@ -173,13 +156,14 @@ def load_model(
 
     if suffix == ".py":
         loaded = _load_from_file(spec, target, name, args)
-    elif suffix in TORCHSCRIPT_SUFFIXES or (not name and Path(target).is_file()):
+    elif suffix in PROGRAM_SUFFIXES or (not name and Path(target).is_file()):
         if name:
+            what = "torch.export program" if suffix == ".pt2" else "TorchScript file"
             raise ModelError(
-                f"--model {spec}: a TorchScript file takes no ':Name'; pass just {target} "
+                f"--model {spec}: a {what} takes no ':Name'; pass just {target} "
                 f"(or, for weights, --model file.py:Name --weights {target})"
             )
-        loaded = _load_torchscript(spec, target, args)
+        loaded = _load_program(spec, target, args)
     elif _is_module_path(target):
         if not name:
             raise ModelError(
@@ -189,114 +173,23 @@ def load_model(
         loaded = _load_from_module(spec, target, name, args)
     else:
         raise ModelError(
-            f"--model {spec!r} is not a file.py:Name, package.module:Name or TorchScript file "
-            "(check the spelling and that the file exists)"
+            f"--model {spec!r} is not a file.py:Name, package.module:Name, .pt2 program or "
+            "TorchScript file (check the spelling and that the file exists)"
         )
 
     if weights is not None:
         wpath = Path(weights)
-        apply_weights(loaded.module, wpath, loaded.name)
+        apply_weights(weights_target(loaded.module), wpath, loaded.name)
         loaded = loaded._replace(weights_path=wpath)
     logger.debug("loaded %s model %s, weights %s", loaded.kind, loaded.name, loaded.weights_path)
     return loaded
-
-
-class _SiblingFinder(importlib.abc.MetaPathFinder):
-    """Resolve plain ``import helper`` to ``helper.py`` in one folder (see module docstring)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.loaded: list[str] = []
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None = None, target: Any = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if "." in fullname or path is not None:
-            return None
-        if not (
-            (self.folder / f"{fullname}.py").is_file()
-            or (self.folder / fullname / "__init__.py").is_file()
-        ):
-            return None
-        found = importlib.machinery.PathFinder.find_spec(fullname, [str(self.folder)])
-        if found is not None:
-            logger.debug("resolving 'import %s' to %s", fullname, found.origin)
-            self.loaded.append(fullname)
-        return found
-
-
-@contextlib.contextmanager
-def _sibling_imports(folder: Path) -> Iterator[None]:
-    finder = _SiblingFinder(folder)
-    sys.meta_path.append(finder)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(finder)
-        for top in finder.loaded:
-            for mod_name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
-                sys.modules.pop(mod_name, None)
-
-
-def _folder_package(folder: Path) -> str:
-    """Register (once) a synthetic package for ``folder`` and return its name."""
-    pkg_name = "mri_audit_user_" + hashlib.sha1(str(folder).encode()).hexdigest()[:12]
-    if pkg_name not in sys.modules:
-        pkg_spec = importlib.machinery.ModuleSpec(pkg_name, None, is_package=True)
-        pkg_spec.submodule_search_locations = [str(folder)]
-        package = importlib.util.module_from_spec(pkg_spec)
-        package.__path__ = [str(folder)]
-        sys.modules[pkg_name] = package
-    return pkg_name
-
-
-def _error_location(exc: BaseException, path: Path) -> str:
-    """``" (line N)"`` for the model file's frame, plus the innermost other user frame."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "<frozen" not in f.filename]
-    own = [f for f in frames if f.filename and Path(f.filename).resolve() == path]
-    parts = []
-    if own:
-        parts.append(f"line {own[-1].lineno}")
-    if frames and (not own or frames[-1] is not own[-1]):
-        parts.append(f"in {Path(frames[-1].filename).name} line {frames[-1].lineno}")
-    return f" ({', '.join(parts)})" if parts else ""
-
-
-def _syntax_error(exc: SyntaxError, shown: str, path: Path) -> ModelError:
-    where = shown
-    if exc.filename and Path(exc.filename).resolve() != path:
-        where = f"{exc.filename} (imported by {shown})"
-    return ModelError(f"syntax error in model file {where} line {exc.lineno}: {_one_line(exc.msg)}")
 
 
 def _load_from_file(spec: str, target: str, name: str, args: dict[str, object]) -> LoadedModel:
     path = Path(target)
     _require_file(path, "model file", "check the path before ':'")
     path = path.resolve()
-    pkg_name = _folder_package(path.parent)
-    stem = re.sub(r"\W", "_", path.stem)
-    if stem != path.stem or not stem.isidentifier():
-        stem = f"m_{stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-    mod_name = f"{pkg_name}.{stem}"
-    mod_spec = importlib.util.spec_from_file_location(mod_name, path)
-    if mod_spec is None or mod_spec.loader is None:
-        raise ModelError(f"cannot load model file {target} as Python (is it a .py file?)")
-    module = importlib.util.module_from_spec(mod_spec)
-    before = set(sys.modules)
-    sys.modules[mod_name] = module
-    try:
-        with _sibling_imports(path.parent):
-            mod_spec.loader.exec_module(module)
-            sources = _files_under(path.parent, set(sys.modules) - before)
-    except SyntaxError as exc:
-        sys.modules.pop(mod_name, None)
-        raise _syntax_error(exc, target, path) from None
-    except (Exception, SystemExit) as exc:
-        sys.modules.pop(mod_name, None)
-        raise ModelError(
-            f"error importing model file {target}{_error_location(exc, path)}: {_exc_text(exc)}"
-        ) from None
-    logger.debug("imported model file %s as module %s", path, mod_name)
+    module, sources = import_model_file(path, target)
     shown = path.name
     if not name:
         raise ModelError(
@@ -304,17 +197,7 @@ def _load_from_file(spec: str, target: str, name: str, args: dict[str, object]) 
             f"({shown} {_describe_names(module)})"
         )
     loaded = _loaded(_build(module, name, shown, args), spec, f"{shown}:{name}", "file", path)
-    return loaded._replace(sources=tuple(sorted({path, *sources})))
-
-
-def _files_under(folder: Path, names: set[str]) -> list[Path]:
-    """The files of the modules ``names`` that lie in ``folder`` (or below it)."""
-    out = []
-    for n in names:
-        f = getattr(sys.modules.get(n), "__file__", None)
-        if f and Path(f).resolve().is_relative_to(folder):
-            out.append(Path(f).resolve())
-    return out
+    return loaded._replace(sources=sources)
 
 
 def imported_packages(model: nn.Module) -> dict[str, str]:
@@ -444,37 +327,35 @@ def _build(module: types.ModuleType, name: str, shown: str, args: dict[str, obje
     return result
 
 
-def _loaded(module: nn.Module, spec: str, name: str, kind: str, source: Path | None) -> LoadedModel:
+def _loaded(
+    module: nn.Module,
+    spec: str,
+    name: str,
+    kind: str,
+    source: Path | None,
+    domain: str | None = None,
+) -> LoadedModel:
     """Bundle the result, reading and checking the model's ``mri_audit_input``."""
-    domain = getattr(module, "mri_audit_input", None)
+    domain = domain if domain is not None else getattr(module, "mri_audit_input", None)
     if domain is not None and domain not in INPUT_DOMAINS:
         raise ModelError(f"{name}: mri_audit_input is {domain!r}; set it to 'image' or 'kspace'")
     return LoadedModel(module, spec, name, kind, source, None, domain)
 
 
-def _load_torchscript(spec: str, target: str, args: dict[str, object]) -> LoadedModel:
+def _load_program(spec: str, target: str, args: dict[str, object]) -> LoadedModel:
+    """A model file that carries its code: a torch.export program or a TorchScript file."""
     path = Path(target)
     _require_file(path, "model file", "check the --model path")
+    kind = program_kind(path) or "torchscript"
+    what = "a torch.export program" if kind == "exported" else "TorchScript model"
     if args:
         raise ModelError(
-            f"--model-arg does not apply to TorchScript model {path.name}: its constructor "
-            "already ran; remove --model-arg"
+            f"--model-arg does not apply to {what} {path.name}: its constructor already ran; "
+            "remove --model-arg"
         )
-    leaves = _zip_leaves(path)
-    if "data.pkl" in leaves and "constants.pkl" not in leaves:
-        raise ModelError(
-            f"{target} is not TorchScript: it is a torch.save file (weights or a checkpoint); "
-            f"use --model file.py:Name --weights {target}"
-        )
-    try:
-        with warnings.catch_warnings():  # TorchScript is a supported input, deprecated or not
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
-        raise ModelError(
-            f"cannot load {target} as TorchScript ({_exc_text(exc, True)}); "
-            f"save a model with torch.jit.script(model).save(path), or for weights use "
-            f"--model file.py:Name --weights {target}"
-        ) from None
-    loaded = _loaded(module, spec, path.name, "torchscript", path.resolve())
+    if kind == "exported":
+        module, domain = load_exported(path, target)
+    else:
+        module, domain = load_torchscript(path, target), None
+    loaded = _loaded(module, spec, path.name, kind, path.resolve(), domain)
     return loaded._replace(sources=(path.resolve(),))

@@ -311,7 +311,9 @@ def test_parse_model_args_rejects_duplicates() -> None:
 # ---------------------------------------------------------------------------- weights
 
 
-@pytest.mark.parametrize("form", ["bare", "state_dict", "model", "ddp"])
+@pytest.mark.parametrize(
+    "form", ["bare", "state_dict", "model", "model_state_dict", "net", "ddp", "ddp_nested"]
+)
 def test_weights_forms(tmp_path: Path, net_file: Path, form: str) -> None:
     torch.manual_seed(2)
     source = load_model(f"{net_file}:Net").module
@@ -320,11 +322,15 @@ def test_weights_forms(tmp_path: Path, net_file: Path, form: str) -> None:
         "bare": sd,
         "state_dict": {"state_dict": sd, "epoch": 3},
         "model": {"model": sd, "optimizer": {"lr": 0.1}},
+        "model_state_dict": {"model_state_dict": sd, "optimizer_state_dict": {"lr": 0.1}},
+        "net": {"net": sd, "step": 10},
         "ddp": {f"module.{k}": v for k, v in sd.items()},
+        "ddp_nested": {"state_dict": {f"module.model.{k}": v for k, v in sd.items()}},
     }[form]
     path = tmp_path / "w.pt"
     torch.save(payload, path)
-    assert set(load_state_dict(path)) == set(sd)
+    prefix = {"ddp": "module.", "ddp_nested": "module.model."}.get(form, "")
+    assert set(load_state_dict(path)) == {prefix + k for k in sd}  # keys as stored
     loaded = load_model(f"{net_file}:Net", weights=path)
     x = image()
     assert torch.equal(loaded.module(x), source(x))
@@ -465,7 +471,8 @@ def test_error_weights_pickled_code(tmp_path: Path) -> None:
     torch.save({"state_dict": {"w": torch.ones(1)}, "extra": _Blob()}, path)
     msg = model_error(load_state_dict, path)
     assert "holds pickled Python objects" in msg and "weights_only=True" in msg
-    assert "_Blob" in msg and "torch.save(model.state_dict(), path)" in msg
+    assert "_Blob" in msg and "if you trust the file, convert it once with: python -c" in msg
+    assert f"torch.save(ck['state_dict'], '{tmp_path}/pickled.state_dict.pt')" in msg
 
 
 @pytest.mark.parametrize(
