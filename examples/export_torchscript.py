@@ -1,5 +1,9 @@
 """Export an example model (or any mri-audit model spec) with its weights to TorchScript.
 
+TorchScript is deprecated in recent torch: prefer ``export_model.py``, which writes a
+``torch.export`` program (``.pt2``). This script remains for tools that need TorchScript, and
+for models that only trace.
+
 Usage::
 
     python examples/export_torchscript.py --model examples/unet.py:UNet \\
@@ -18,13 +22,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mri_audit.exported import quiet_torchscript
 from mri_audit.plugins import load_model, parse_model_args
 
 __all__ = ["export", "example_inputs", "main"]
@@ -91,8 +95,7 @@ def export(
     module: nn.Module = loaded.module.eval()
     domain = input_domain or loaded.input_domain or "image"
     scripted = None
-    with warnings.catch_warnings():  # torch.jit is deprecated in recent torch, and still works
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with quiet_torchscript():  # torch.jit is deprecated in recent torch, and still works
         if not trace:
             try:
                 scripted = torch.jit.script(module)

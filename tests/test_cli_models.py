@@ -181,3 +181,86 @@ def test_bad_data_gives_one_line(tmp_path, kind, phrase):
     )
     _assert_one_line_error(result, 4, "")
     assert phrase.lower() in result.output.lower(), result.output
+
+
+# ---------------------------------------------------------------------------- model files
+
+
+def _run_recording_warnings(model: str, out, *extra: str):
+    """``run`` with tiny settings; returns the result and torch's deprecation warnings."""
+    import warnings
+
+    args = ["run", "--model", model, "--max-volumes", "1", "--max-slices", "1", "--candidates"]
+    args += ["2", "--attacks", "fnaf-rs,fnaf-pgd", "--out", str(out), "--no-progress", *extra]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(cli, args)
+    deprecations = [
+        f"{w.category.__name__}: {w.message} ({w.filename})"
+        for w in caught
+        if issubclass(w.category, DeprecationWarning | FutureWarning)
+        and ("torch" in w.filename.replace("\\", "/").split("/") or "torch." in str(w.message))
+    ]
+    return result, deprecations
+
+
+def _load_example(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_exported_program_audit_end_to_end(tmp_path):
+    """examples/export_model.py writes a .pt2 that `run` audits (gradient attack included), with
+    the program in the model's identity and no deprecation warning from torch."""
+    import json
+
+    from mri_audit.weights import sha256_file
+
+    examples = _load_example("export_model")
+    program = tmp_path / "unet.pt2"
+    spec = str(examples.__file__).replace("export_model.py", "unet.py:UNet")
+    diff = examples.export(spec, program, model_args={"chans": 4, "num_pool_layers": 2})
+    assert diff < 1e-5
+    result, deprecations = _run_recording_warnings(str(program), tmp_path / "audit")
+    assert result.exit_code == 0, result.output
+    assert not deprecations, deprecations
+    (model,) = json.loads((tmp_path / "audit" / "results.json").read_text())["models"]
+    assert model["kind"] == "exported" and model["domain"] == "image"  # domain from the archive
+    assert model["sources"] == {"unet.pt2": sha256_file(program)}
+    check = CliRunner().invoke(cli, ["check", "--model", str(program), "--max-slices", "1"])
+    assert check.exit_code == 0, check.output
+    assert "unet.pt2 (exported)" in check.output
+
+
+def test_torchscript_audit_has_no_deprecation_warnings(tmp_path):
+    import warnings
+
+    path = tmp_path / "model.py"
+    path.write_text(GOOD)
+    from mri_audit.plugins import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(load_model(f"{path}:Net").module).save(str(tmp_path / "net.ts"))
+    result, deprecations = _run_recording_warnings(str(tmp_path / "net.ts"), tmp_path / "audit")
+    assert result.exit_code == 0, result.output
+    assert not deprecations, deprecations
+
+
+def test_exported_program_of_another_size_is_one_line(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(GOOD)
+    from mri_audit.plugins import load_model
+
+    net = load_model(f"{path}:Net").module.eval()
+    program = torch.export.export(net, (torch.randn(1, 1, 32, 32),))
+    torch.export.save(program, str(tmp_path / "net.pt2"))
+    result = CliRunner().invoke(cli, ["check", "--model", str(tmp_path / "net.pt2")])
+    _assert_one_line_error(result, 5, "net.pt2 was exported for inputs (1, 1, 32, 32)")
+    assert "refuses (1, 1, 160, 160)" in result.output
