@@ -225,7 +225,10 @@ class ExportedModel(nn.Module):
     def to(self, *args: Any, **kwargs: Any) -> ExportedModel:
         """Move to a device, rewriting the program's device-specific constants too."""
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        mover = getattr(getattr(torch.export, "passes", None), "move_to_device_pass", None)
+        try:
+            from torch.export.passes import move_to_device_pass as mover
+        except ImportError:  # torch < 2.6: parameters and buffers move, constants stay
+            mover = None
         if device is not None and mover is not None and torch.device(device) != self._device:
             state = self.program.state_dict()  # weights loaded since, if any
             self._program = mover(self._program, torch.device(device))  # (in place)

@@ -676,3 +676,23 @@ def test_exported_kspace_program_gets_only_its_arguments(tmp_path: Path) -> None
     with torch.no_grad():
         out = recon.reconstruct(complex_k, mask[..., 0], num_low_frequencies=4)
         assert torch.equal(out, model(kspace * mask, mask, 4))
+
+
+@pytest.mark.filterwarnings("ignore:for conv.*meta parameter:UserWarning")  # meta holds no data
+def test_exported_program_moves_its_device_constants(tmp_path: Path) -> None:
+    """A program holds the device of tensors its forward creates (here ``torch.ones``): moving
+    it rewrites them too. The meta device stands in for a GPU."""
+
+    class WithConstant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x) + torch.ones(x.shape[-1], device=x.device)
+
+    path = _export(WithConstant(), tmp_path / "c.pt2", (image(),), _dynamic_batch())
+    model = load_model(str(path)).module
+    assert model.to("meta") is model
+    assert next(model.parameters()).device.type == "meta"
+    assert model(torch.randn(3, 1, 12, 10, device="meta")).device.type == "meta"
