@@ -202,7 +202,9 @@ def _read(path: Path, shown: str) -> tuple[object, tuple[str, ...]]:
     """``torch.load(weights_only=True)``, allowing the data-only globals the file needs."""
     resave = "save a state dict with torch.save(model.state_dict(), path)"
     allowed: tuple[str, ...] = ()
-    for _ in range(3):  # the static scan misses globals built at unpickling time: retry on those
+    # A legacy (non-zip) file cannot be scanned, and a scan misses globals built while unpickling:
+    # each retry allows what the last error named.
+    for _ in range(len(DATA_ONLY_GLOBALS) + 1):
         try:
             return _load(path, allowed), allowed
         except pickle.UnpicklingError as exc:
