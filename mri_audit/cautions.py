@@ -66,7 +66,9 @@ def audit_warnings(
     shapes = {tuple(s) for s in (data.get("target_shapes") or [])}
     for m in models:
         name = m["name"]
-        if (m.get("parameters") or 0) > 0 and not m.get("weights"):
+        # A TorchScript or exported program carries its own weights.
+        carries_weights = m.get("kind") in ("torchscript", "exported")
+        if (m.get("parameters") or 0) > 0 and not m.get("weights") and not carries_weights:
             out.append(
                 f"{name} has {m['parameters']:,} parameters but no --weights: it was audited "
                 "with its initial (seeded random) weights"

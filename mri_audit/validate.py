@@ -58,7 +58,7 @@ def resolve_domain(loaded: LoadedModel, requested: str | None) -> str:
     """``--input`` (or the model's ``input``) wins, then the class attribute
     ``mri_audit_input``, then the forward signature (see :func:`forward_domain`), then image."""
     domain = requested or loaded.input_domain
-    if domain is None and loaded.kind != "torchscript":
+    if domain is None and loaded.kind in ("file", "module"):
         domain = forward_domain(loaded.module)
         if domain == "kspace":
             logger.info("%s: input domain kspace (forward takes two arguments)", loaded.name)

@@ -269,22 +269,35 @@ def test_bad_options(tmp_path, harden_dir, extra, code, phrase):
     assert phrase in result.output and "Traceback" not in result.output
 
 
-def test_torchscript_is_refused(tmp_path, harden_dir):
-    scripted = torch.jit.trace(_model(), torch.randn(1, 1, 64, 64))
-    torch.jit.save(scripted, str(tmp_path / "m.ts"))
+@pytest.mark.parametrize("suffix", [".ts", ".pt2"])
+def test_programs_are_refused_before_any_work(tmp_path, harden_dir, suffix):
+    from mri_audit.exported import quiet_torchscript
+
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".ts":
+        with quiet_torchscript():
+            torch.jit.save(torch.jit.trace(_model(), torch.randn(1, 1, 64, 64)), str(path))
+    else:
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(
+            _model().eval(), (torch.randn(2, 1, 64, 64),), dynamic_shapes=({0: batch},)
+        )
+        torch.export.save(program, str(path))
     result = CliRunner().invoke(
         cli,
         [
             "harden",
             "--model",
-            str(tmp_path / "m.ts"),
+            str(path),
             "--data",
             str(harden_dir),
             "--out",
             str(tmp_path / "o.pt"),
         ],
     )
-    assert result.exit_code == 5 and "TorchScript" in result.output
+    assert result.exit_code == 5, result.output
+    assert "TorchScript and exported (.pt2) models cannot be trained here" in result.output
+    assert not (tmp_path / "o.pt").exists() and not (tmp_path / "o.pt.ckpt").exists()
 
 
 def test_ssim_plus_l1_is_the_sum_of_its_terms():

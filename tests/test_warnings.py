@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from mri_audit.cautions import audit_warnings, slices_needed
@@ -69,3 +70,19 @@ def test_no_warning_for_a_good_weighted_model():
         )
         == []
     )
+
+
+@pytest.mark.parametrize(
+    "kind, warned", [("file", True), ("torchscript", False), ("exported", False)]
+)
+def test_programs_carry_their_own_weights(kind, warned):
+    found = audit_warnings(
+        models=[{"name": "m", "parameters": 10, "weights": None, "kind": kind}],
+        clean={"m": {"ssim": 0.9}},
+        zero_filled={"ssim": 0.6},
+        attacks={"m": {"fnaf-rs": {"attack_rate": {"total": 100}}}},
+        config={"accel": 4},
+        data={"target_shapes": [[160, 160]]},
+        max_attack_rate=0.2,
+    )
+    assert any("no --weights" in w for w in found) == warned

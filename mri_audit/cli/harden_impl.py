@@ -165,10 +165,12 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         mask_func=mask_func,
         need_gradient=True,
     )
-    if opened.loaded.kind == "torchscript":
+    from mri_audit.exported import PROGRAM_KINDS
+
+    if opened.loaded.kind in PROGRAM_KINDS:
         raise ModelError(
-            "harden fine-tunes a Python model class; TorchScript models cannot be "
-            "trained here: pass path/to/file.py:Name with --weights"
+            "harden fine-tunes a Python model class; TorchScript and exported (.pt2) models "
+            "cannot be trained here: pass path/to/file.py:Name with --weights"
         )
     config = HardenConfig(
         accels=accels,

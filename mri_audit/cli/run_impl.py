@@ -35,6 +35,7 @@ def _versions() -> dict:
 
 
 def _model_info(opened, entry, name: str) -> dict:
+    from mri_audit.exported import PROGRAM_KINDS
     from mri_audit.identity import model_sources
     from mri_audit.plugins import imported_packages, sha256_file
 
@@ -54,7 +55,7 @@ def _model_info(opened, entry, name: str) -> dict:
         "normalize": opened.estimator.normalize,
         "parameters": opened.parameters,
         "model_args": {k: repr(v) for k, v in args.items()},
-        "packages": imported_packages(loaded.module) if loaded.kind != "torchscript" else {},
+        "packages": imported_packages(loaded.module) if loaded.kind not in PROGRAM_KINDS else {},
     }
 
 
