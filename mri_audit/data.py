@@ -207,17 +207,18 @@ class SliceDataset(torch.utils.data.Dataset):
     def file_digests(self) -> list[dict[str, Any]]:
         """Each file's name, sha256 and target key (hashed once per dataset; the hash is also
         cached across runs by path, size and modification time)."""
-        from mri_audit.identity import cached_sha256
+        from mri_audit.identity import cached_sha256s
 
         if getattr(self, "_digests", None) is None:
+            hashes = cached_sha256s([v.path for v in self._volumes])
             self._digests = [
                 {
                     "name": v.path.name,
-                    "sha256": cached_sha256(v.path),
+                    "sha256": h,
                     "slices": v.num_slices,
                     "target": v.target_key,
                 }
-                for v in self._volumes
+                for v, h in zip(self._volumes, hashes, strict=True)
             ]
         return self._digests
 

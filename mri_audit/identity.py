@@ -28,6 +28,7 @@ __all__ = [
     "AUDIT_ID_LENGTH",
     "audit_identity",
     "cached_sha256",
+    "cached_sha256s",
     "cache_dir",
     "code_digest",
     "describe_changes",
@@ -42,15 +43,21 @@ AUDIT_ID_LENGTH = 16
 _PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_KEYS = (
     "name",
-    "spec",
+    "target",
     "kind",
     "sources",
     "weights_sha256",
     "model_args",
     "domain",
     "normalize",
+    "packages",
 )
-"""What of a model's record is part of the audit's identity."""
+"""What of a model's record is part of the audit's identity (not the spec as typed: a path
+spelled another way is the same model; ``target`` is its file name and class, ``sources`` the
+content of its code)."""
+_NOT_IDENTITY = {"config": ("batch_size",), "data": ("source",)}
+"""Settings that do not change the numbers: the batch size changes speed only (records agree to
+float rounding), and the data's folder as typed (each file's name and sha256 are kept)."""
 
 
 def cache_dir() -> Path:
@@ -66,42 +73,56 @@ def cache_dir() -> Path:
 
 
 def _sha256_bytes(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from mri_audit.weights import sha256_file
+
+    return sha256_file(path)
+
+
+def _cache_path() -> Path:
+    return cache_dir() / "sha256.json"
+
+
+def _read_cache() -> dict[str, str]:
+    try:
+        cache = json.loads(_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def cached_sha256s(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """The sha256 of each file's bytes, cached by (resolved path, size, mtime in ns).
+
+    The cache is one JSON file in :func:`cache_dir`, read once and written once per call; a
+    cache that cannot be read or written is ignored (the hashes are then computed).
+    """
+    cache = _read_cache()
+    out, changed = [], False
+    for p in paths:
+        path = Path(p).resolve()
+        st = path.stat()
+        key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        hit = cache.get(key)
+        if not (isinstance(hit, str) and len(hit) == 64):
+            hit = _sha256_bytes(path)
+            for old in [k for k in cache if k.startswith(f"{path}|")]:
+                del cache[old]
+            cache[key], changed = hit, True
+        out.append(hit)
+    if changed:
+        store = _cache_path()
+        try:
+            tmp = store.with_name(f".sha256.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache), encoding="utf-8")
+            os.replace(tmp, store)
+        except OSError as err:
+            logger.debug("cannot write the hash cache %s: %s", store, err)
+    return out
 
 
 def cached_sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file's bytes, cached by (resolved path, size, mtime in ns).
-
-    The cache is a JSON file in :func:`cache_dir`; a cache that cannot be read or written is
-    ignored (the hash is then computed every time).
-    """
-    path = Path(path).resolve()
-    st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    store = cache_dir() / "sha256.json"
-    try:
-        cache = json.loads(store.read_text(encoding="utf-8"))
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
-    hit = cache.get(key)
-    if isinstance(hit, str) and len(hit) == 64:
-        return hit
-    value = _sha256_bytes(path)
-    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}
-    cache[key] = value
-    try:
-        tmp = store.with_name(f".sha256.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache), encoding="utf-8")
-        os.replace(tmp, store)
-    except OSError as err:
-        logger.debug("cannot write the hash cache %s: %s", store, err)
-    return value
+    """The sha256 of one file's bytes (see :func:`cached_sha256s`)."""
+    return cached_sha256s([path])[0]
 
 
 def model_sources(files: Iterable[str | os.PathLike], root: str | os.PathLike) -> dict[str, str]:
@@ -127,10 +148,11 @@ def code_digest(attack_classes: Iterable[type] = ()) -> str:
     """A sha256 over mri-audit's own modules and the source files of the attacks used."""
     files = sorted(_PACKAGE_DIR.rglob("*.py"))
     for cls in attack_classes:
-        try:
-            files.append(Path(inspect.getsourcefile(cls) or "").resolve())
-        except TypeError:
-            continue
+        for base in cls.__mro__:  # an attack's own file and those of the classes it extends
+            try:
+                files.append(Path(inspect.getsourcefile(base) or "").resolve())
+            except TypeError:
+                continue
     digest = hashlib.sha256()
     parent = _PACKAGE_DIR.parent
     for f in dict.fromkeys(files):
@@ -159,25 +181,29 @@ def audit_identity(
     import torch
 
     return {
-        "config": dict(config),
+        "config": _without(config, "config"),
         "code": {
             "mri_audit": __version__,
             "sha256": code_digest(attack_classes),
             "torch": torch.__version__,
         },
         "models": [{k: m.get(k) for k in MODEL_KEYS} for m in models],
-        "data": dict(data),
+        "data": _without(data, "data"),
     }
 
 
 def stored_identity(header: Mapping[str, Any]) -> dict[str, Any]:
     """The identity held by a journal's header (same layout as :func:`audit_identity`)."""
     return {
-        "config": header.get("config") or {},
+        "config": _without(header.get("config") or {}, "config"),
         "code": header.get("code") or {},
         "models": [{k: m.get(k) for k in MODEL_KEYS} for m in header.get("models") or []],
-        "data": header.get("data") or {},
+        "data": _without(header.get("data") or {}, "data"),
     }
+
+
+def _without(part: Mapping[str, Any], name: str) -> dict[str, Any]:
+    return {k: v for k, v in part.items() if k not in _NOT_IDENTITY[name]}
 
 
 def fingerprint(identity: Mapping[str, Any]) -> str:
@@ -209,8 +235,8 @@ def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
         if o is None:
             diffs.append(f"model {m.get('name')} (not in the earlier audit)")
             continue
-        if o.get("spec") != m.get("spec"):
-            diffs.append(f"model {m.get('name')} (--model {o.get('spec')} -> {m.get('spec')})")
+        if o.get("target") != m.get("target"):
+            diffs.append(f"model {m.get('name')} ({o.get('target')} -> {m.get('target')})")
         os_, ns = o.get("sources") or {}, m.get("sources") or {}
         if os_ != ns:
             files = _changed_keys(os_, ns)
@@ -219,6 +245,9 @@ def describe_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
             diffs.append(f"weights of {m.get('name')} (sha256 differs)")
         if o.get("model_args") != m.get("model_args"):
             diffs.append(f"constructor arguments of {m.get('name')} (--model-arg)")
+        if o.get("packages") != m.get("packages"):
+            keys = _changed_keys(o.get("packages") or {}, m.get("packages") or {})
+            diffs.append(f"packages of {m.get('name')} ({', '.join(keys[:4])})")
         for k in ("kind", "domain", "normalize"):
             if o.get(k) != m.get(k):
                 diffs.append(f"{k} of {m.get('name')} ({o.get(k)} -> {m.get(k)})")

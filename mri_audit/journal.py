@@ -92,6 +92,8 @@ class _Validator:
         self.models: set[str] = set()
         self.attacks: set[str] = set()
         self.seen: dict[tuple, str] = {}
+        self.main: dict[tuple, dict] = {}
+        self.in_shard = False
         self.records: list[dict] = []
         self.segments: dict[int, float] = {}
 
@@ -144,14 +146,21 @@ class _Validator:
             raise self.fail(where, f"a record of attack {obj['attack']!r}, not in this audit")
         key = record_key(obj)
         if key in self.seen:
+            if self.in_shard and self.main.get(key) == obj:
+                # A shard record already merged into the main journal (a run killed between
+                # writing the merged journal and removing its shards): the same record, once.
+                return
             raise self.fail(where, f"repeats the record of {self.seen[key]} {key}")
         self.seen[key] = where
+        if not self.in_shard:
+            self.main[key] = obj
         self.records.append(obj)
 
 
 def _lines(path: Path, *, repair: bool) -> list[tuple[int, bytes]]:
     """(line number, bytes) of the non-empty lines; a torn last line is dropped (and cut from
-    the file when ``repair``)."""
+    the file when ``repair``); a whole last line that lost only its newline gets it back
+    (when ``repair``), so the next append starts on a line of its own."""
     data = path.read_bytes()
     lines = data.split(b"\n")
     out = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
@@ -159,6 +168,9 @@ def _lines(path: Path, *, repair: bool) -> list[tuple[int, bytes]]:
         n, last = out[-1]
         try:
             json.loads(last)
+            if repair:
+                with path.open("ab") as fh:
+                    fh.write(b"\n")
         except ValueError:
             out.pop()
             logger.warning("dropping a torn last line (line %d) of %s", n, path)
@@ -182,7 +194,9 @@ def read_journal(path: str | Path, *, repair: bool = False, hint: str | None = N
     """Read and validate one journal.
 
     Args:
-        path: the ``records.jsonl`` file (a missing file reads as empty).
+        path: the ``records.jsonl`` file (a missing file reads as empty), read with the
+            per-rank shards beside it (``records.rank*.jsonl``) if an unfinished distributed
+            run left any.
         repair: cut a torn last line from the file (a resume does; a re-read does not).
         hint: how to recover, appended to an error (defaults to a resume's advice).
 
@@ -192,7 +206,7 @@ def read_journal(path: str | Path, *, repair: bool = False, hint: str | None = N
     Raises:
         JournalError: a line that cannot be trusted, named by its number (exit 4).
     """
-    return read_audit_journal(Path(path), shards=(), repair=repair, hint=hint)
+    return read_audit_journal(Path(path), shards=None, repair=repair, hint=hint)
 
 
 def read_audit_journal(
@@ -225,6 +239,7 @@ def read_audit_journal(
         if v.header is None:
             raise v.fail(shard.name, f"a shard of an audit whose journal {path.name} is empty")
         before = v.header
+        v.in_shard = True
         _parse(v, shard, repair)
         if v.header is not before:
             raise v.fail(shard.name, "a shard with a header of its own")

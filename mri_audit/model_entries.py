@@ -34,6 +34,11 @@ NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_+#-]*")
 """A model name given with ``NAME=``: a letter, then letters, digits, ``_``, ``+``, ``#``, ``-``
 (no ``.``, ``:`` or ``/``, which a spec always has)."""
 
+_MAIN_FLAGS = (
+    ("--weights", "weights"),
+    ("--input", "input_domain"),
+    ("--model-name", "model_name"),
+)
 _TABLE_KEYS = ("name", "spec", "weights", "args", "input", "normalize")
 _DOMAINS = ("image", "kspace")
 _NORMALIZE = ("instance", "none")
@@ -67,28 +72,28 @@ class ModelEntry(NamedTuple):
 def parse_compare(value: str) -> ModelEntry:
     """``--compare [NAME=]SPEC[=WEIGHTS]``.
 
-    ``a=b=c`` is NAME=SPEC=WEIGHTS; ``a=b`` is NAME=SPEC when ``a`` is a plain name (see
-    :data:`NAME_PATTERN`), else SPEC=WEIGHTS (the older form, kept); ``a`` is a SPEC.
+    A spec never holds ``=``, a weights path may (Lightning names checkpoints
+    ``epoch=9-step=100.ckpt``): the text before the first ``=`` is a NAME when it is a plain
+    name (see :data:`NAME_PATTERN`) and more follows; then comes the SPEC up to the next ``=``,
+    and everything after it is the weights path. So ``robust=a.py:Net=w.pt`` is NAME=SPEC=WEIGHTS,
+    ``robust=a.py:Net`` is NAME=SPEC and ``a.py:Net=ckpt/epoch=9.ckpt`` SPEC=WEIGHTS (the older
+    form, kept).
 
     Raises:
-        UsageError: an empty part, or more than three.
+        UsageError: an empty NAME, SPEC or WEIGHTS.
     """
-    parts = value.split("=")
-    if any(not p.strip() for p in parts) or len(parts) > 3:
+    name = None
+    rest = value.strip()
+    first, eq, tail = rest.partition("=")
+    if eq and NAME_PATTERN.fullmatch(first.strip()):
+        name, rest = first.strip(), tail
+    spec, eq, weights = rest.partition("=")
+    if not spec.strip() or (eq and not weights.strip()):
         raise UsageError(
             f"--compare needs [NAME=]SPEC[=WEIGHTS] (e.g. robust=examples/unet.py:UNet=w.pt), "
             f"got {value!r}"
         )
-    parts = [p.strip() for p in parts]
-    if len(parts) == 3:
-        name, spec, weights = parts
-        _check_name(name, f"--compare {value}")
-        return ModelEntry(spec, name, weights)
-    if len(parts) == 2 and NAME_PATTERN.fullmatch(parts[0]):
-        return ModelEntry(parts[1], parts[0])
-    if len(parts) == 2:
-        return ModelEntry(parts[0], None, parts[1])
-    return ModelEntry(parts[0])
+    return ModelEntry(spec.strip(), name, weights.strip() or None)
 
 
 def _compare_entry(value: ModelEntry | tuple | str) -> ModelEntry:
@@ -161,11 +166,17 @@ def _split_args(pairs: Sequence[str], entries: list[ModelEntry]) -> list[dict[st
     from mri_audit.plugins import parse_model_args
 
     labels = {e.label: i for i, e in enumerate(entries)}
+    shared = {e.label for e in entries if [x.label for x in entries].count(e.label) > 1}
     per: list[list[str]] = [[] for _ in entries]
     for pair in pairs:
         key = pair.partition("=")[0]
         target, colon, _ = key.rpartition(":")
         if colon and target:
+            if target in shared:
+                raise UsageError(
+                    f"--model-arg {pair!r}: {target!r} names more than one model; name them "
+                    "(--model-name, --compare NAME=SPEC) and use NAME:KEY=VALUE"
+                )
             if target not in labels:
                 raise UsageError(
                     f"--model-arg {pair!r}: no model named {target!r}; models: "
@@ -206,11 +217,19 @@ def model_entries(
         UsageError: no model, both ``--model`` and ``[[models]]``, or a name used twice.
     """
     compare = [_compare_entry(c) for c in opts.get("compare", ())]
-    if config_models and opts.get("model_spec"):
-        raise UsageError(
-            "give the main model either with --model or as the first [[models]] table of "
-            "--config, not both"
-        )
+    if config_models:
+        flags = [f for f, k in _MAIN_FLAGS if opts.get(k)]
+        if opts.get("model_spec"):
+            raise UsageError(
+                "give the main model either with --model or as the first [[models]] table of "
+                "--config, not both"
+            )
+        if flags:
+            raise UsageError(
+                f"{', '.join(flags)} set the --model's settings, but the models come from "
+                "[[models]] tables of --config: put them in the first table (weights = ..., "
+                "input = ..., name = ...)"
+            )
     if config_models:
         entries = [*config_models, *compare]
     else:

@@ -19,7 +19,9 @@ __all__ = [
     "AUDIT_FILES",
     "MIN_FREE_BYTES",
     "audit_files",
+    "check_existing",
     "check_out",
+    "prepare_folder",
     "remove_audit",
 ]
 
@@ -57,11 +59,18 @@ def _empty_journal(out: Path) -> bool:
 
 
 def check_out(out: Path, *, resume: bool, force: bool) -> None:
-    """Check ``--out`` before any work: a folder we can write, with free space, that holds no
-    other audit unless ``--resume`` or ``--force`` says what to do with it.
+    """Check ``--out`` before any work: a folder we can write, with free space (see
+    :func:`prepare_folder`), that holds no other audit unless ``--resume`` or ``--force`` says
+    what to do with it (see :func:`check_existing`)."""
+    prepare_folder(out)
+    check_existing(out, resume=resume, force=force)
+
+
+def prepare_folder(out: Path) -> None:
+    """Create ``--out`` if needed and check that it can be written and has free space.
 
     Raises:
-        UsageError: ``out`` is a file, cannot be created or written, or holds an audit (exit 2).
+        UsageError: ``out`` is a file, or cannot be created or written (exit 2).
         OutputError: less than :data:`MIN_FREE_BYTES` free (exit 7).
     """
     if out.exists() and not out.is_dir():
@@ -82,6 +91,15 @@ def check_out(out: Path, *, resume: bool, force: bool) -> None:
             f"--out {out} has {free / 2**20:.0f} MiB free; an audit needs at least "
             f"{MIN_FREE_BYTES / 2**20:.0f} MiB: free space or choose another folder"
         )
+
+
+def check_existing(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse a folder holding an audit unless ``--resume`` or ``--force`` is given, and a
+    ``--resume`` of a folder whose audit has no journal to resume from.
+
+    Raises:
+        UsageError: (exit 2).
+    """
     if _empty_journal(out):  # an empty journal holds nothing (an older version could leave one)
         (out / "records.jsonl").unlink()
     existing = audit_files(out)
@@ -90,6 +108,12 @@ def check_out(out: Path, *, resume: bool, force: bool) -> None:
         raise UsageError(
             f"{out} already holds an audit ({names}); use --resume to continue it or --force "
             "to replace it"
+        )
+    if resume and not force and existing and not (out / "records.jsonl").exists():
+        names = ", ".join(sorted({p.name for p in existing})[:6])
+        raise UsageError(
+            f"nothing to resume in {out}: it holds {names} but no journal records.jsonl; use "
+            "--force to replace that audit"
         )
 
 

@@ -8,16 +8,20 @@ the process that holds it, instead of interleaving its records with the first on
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from mri_audit.errors import UsageError
+from mri_audit.errors import OutputError, UsageError, write_failure
 
 __all__ = ["LOCK_NAME", "hold_lock"]
 
 LOCK_NAME = ".mri-audit.lock"
+
+logger = logging.getLogger(__name__)
 
 
 def _holder(path: Path) -> str:
@@ -47,10 +51,16 @@ def hold_lock(
     Raises:
         UsageError: another process holds the lock (exit 2), naming its pid and host.
     """
-    import fcntl
-
     out = Path(out)
     path = out / name
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no flock
+        logger.warning(
+            "cannot lock %s on this system; make sure one process at a time uses it", out
+        )
+        yield path
+        return
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
@@ -63,8 +73,20 @@ def hold_lock(
                 f"{label or out} is in use by {_holder(path)}; wait for it to finish (or stop it) "
                 "before running another command on this --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} on {socket.gethostname()} ({command})\n".encode())
+        except OSError as err:  # a file system without locks (NFS without lockd, some Lustre)
+            if err.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise OutputError(f"cannot lock {path}: {err.strerror or err}") from None
+            logger.warning(
+                "the file system of %s does not support locks (%s); make sure one process at "
+                "a time uses it",
+                out,
+                err.strerror,
+            )
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} on {socket.gethostname()} ({command})\n".encode())
+        except OSError as err:
+            raise write_failure(path, err) from None
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock

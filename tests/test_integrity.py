@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -451,3 +452,117 @@ def test_data_synth_into_an_unwritable_place_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["data", "synth", "--out", str(tmp_path / "afile" / "x")])
     assert result.exit_code == 7
     assert "cannot write" in _one_line_error(result)
+
+
+def test_a_last_line_without_its_newline_is_mended(finished, tmp_path, singlecoil_dir, models):
+    from mri_audit.journal import read_journal
+
+    out = _copy(finished, tmp_path)
+    journal = out / "records.jsonl"
+    lines = _journal(out)
+    # Drop the last batch, then cut only the newline of what is now the last line.
+    keep = "".join(lines[: len(lines) // 2])
+    journal.write_text(keep[:-1])
+    _run(singlecoil_dir, models, out, "--resume")
+    assert _same(out, finished / "audit")
+    read_journal(journal)  # every line whole: a later resume reads it
+    _run(singlecoil_dir, models, out, "--resume")
+
+
+def _same(a: Path, b: Path) -> bool:
+    ra, ca = _stable(a)
+    rb, cb = _stable(b)
+    pd.testing.assert_frame_equal(ca, cb)
+    return ra == rb
+
+
+def test_shards_of_an_unfinished_distributed_run_are_merged(
+    finished, tmp_path, singlecoil_dir, models
+):
+    """A single-process resume of a distributed audit merges its shards into records.jsonl;
+    a shard record the main journal already holds identically (a kill between writing the merged
+    journal and removing the shards) counts once."""
+    out = _copy(finished, tmp_path)
+    lines = _journal(out)
+    records = [x for x in lines[1:] if json.loads(x)["kind"] != "time"]
+    moved, kept = records[-2:], [x for x in lines if x not in records[-2:]]
+    (out / "records.jsonl").write_text("".join(kept))
+    (out / "records.rank1.jsonl").write_text("".join(moved) + records[0])  # and one copy
+    (out / "results.json").unlink()
+    _run(singlecoil_dir, models, out, "--resume")
+    assert not list(out.glob("records.rank*.jsonl"))
+    assert _same(out, finished / "audit")
+    merged = [json.loads(x) for x in _journal(out)]
+    assert sum(x["kind"] == "fnaf" for x in merged) == len(records)
+    reread = CliRunner().invoke(cli, ["report", str(out), "--margin", "0.2"])
+    assert reread.exit_code == 0, reread.output
+
+
+def test_resume_without_a_journal_keeps_the_old_files(finished, tmp_path, singlecoil_dir, models):
+    out = _copy(finished, tmp_path)
+    (out / "records.jsonl").unlink()
+    line = _one_line_error(_run(singlecoil_dir, models, out, "--resume", code=2))
+    assert "nothing to resume" in line and "--force" in line
+    assert (out / "results.json").exists() and (out / "report.html").exists()
+
+
+def test_what_does_not_change_the_numbers_does_not_block_a_resume(
+    finished, tmp_path, singlecoil_dir, models, monkeypatch
+):
+    out = _copy(finished, tmp_path)
+    lines = _journal(out)
+    (out / "records.jsonl").write_text("".join(lines[: len(lines) // 2]))
+    (out / "results.json").unlink()
+    monkeypatch.chdir(singlecoil_dir.parent)
+    # The data folder spelled another way, and another batch size.
+    _run(f"./{singlecoil_dir.name}/", models, out, "--resume", "--batch-size", "5")
+    assert _same(out, finished / "audit")
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+    import fcntl
+
+    from mri_audit.outlock import hold_lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with hold_lock(tmp_path, "mri-audit run") as path:
+        assert path.read_text().startswith(f"{os.getpid()} on ")
+    assert "does not support locks" in caplog.text
+
+
+def test_identity_changes_are_named():
+    from mri_audit.identity import describe_changes
+
+    old = {
+        "config": {"seed": 0},
+        "code": {"mri_audit": "0.1.0", "sha256": "a", "torch": "2.13.0"},
+        "models": [{"name": "m", "target": "net.py:A", "packages": {"fastmri": "0.3.0"}}],
+        "data": {"files": [{"name": "a.h5", "sha256": "1"}]},
+    }
+    new = {
+        **old,
+        "models": [{"name": "m", "target": "net.py:B", "packages": {"fastmri": "0.4.0"}}],
+    }
+    assert describe_changes(old, new) == [
+        "model m (net.py:A -> net.py:B)",
+        "packages of m (fastmri)",
+    ]
+
+
+def test_code_digest_covers_the_classes_an_attack_extends(tmp_path, monkeypatch):
+    import importlib
+
+    from mri_audit.identity import code_digest
+
+    (tmp_path / "base_attack.py").write_text("class Base:\n    pass\n")
+    (tmp_path / "child_attack.py").write_text(
+        "from base_attack import Base\nclass Child(Base):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    child = importlib.import_module("child_attack").Child
+    before = code_digest([child])
+    (tmp_path / "base_attack.py").write_text("class Base:\n    x = 1\n")
+    assert code_digest([child]) != before

@@ -49,13 +49,19 @@ def net(tmp_path_factory):
         ("robust=a/net.py:Net=w.pt", ModelEntry("a/net.py:Net", "robust", "w.pt")),
         ("fastmri.models:Unet=w.pt", ModelEntry("fastmri.models:Unet", None, "w.pt")),
         ("model.pt", ModelEntry("model.pt")),
+        # Lightning names checkpoints with '=': everything after the spec is the weights path.
+        ("a/net.py:Net=ckpt/epoch=9.ckpt", ModelEntry("a/net.py:Net", None, "ckpt/epoch=9.ckpt")),
+        (
+            "r=a/net.py:Net=epoch=9-step=1.ckpt",
+            ModelEntry("a/net.py:Net", "r", "epoch=9-step=1.ckpt"),
+        ),
     ],
 )
 def test_compare_forms(value, entry):
     assert parse_compare(value) == entry
 
 
-@pytest.mark.parametrize("value", ["=a.py:N", "a.py:N=", "a=b=c=d", "1x=a.py:N=w.pt"])
+@pytest.mark.parametrize("value", ["=a.py:N", "a.py:N=", "robust=", "robust=a.py:N="])
 def test_bad_compare_forms(value):
     with pytest.raises(UsageError, match="--compare"):
         parse_compare(value)
@@ -78,6 +84,9 @@ def test_model_args_reach_the_model_they_name():
     assert same[1].args == {"k": 5} and same[1].input == "kspace"
     with pytest.raises(UsageError, match="no model named 'c'"):
         model_entries({"model_spec": "a.py:A", "model_args": ("c:k=1",), "compare": ()})
+    with pytest.raises(UsageError, match="'a.py:A' names more than one model"):
+        model_entries({"model_spec": "a.py:A", "model_args": ("a.py:A:k=1",),
+                       "compare": ("a.py:A=w.pt",)})  # fmt: skip
     with pytest.raises(UsageError, match="two models are named 'x'"):
         model_entries({"model_spec": "a.py:A", "model_name": "x", "compare": ("x=b.py:B",)})
 
@@ -149,6 +158,10 @@ def test_models_tables_in_a_config_file(tmp_path):
         cli, ["run", "--config", str(config), "--model", "x.py:N", "--out", str(tmp_path / "b")]
     )
     assert both.exit_code == 2 and "not both" in both.output
+    flags = CliRunner().invoke(
+        cli, ["run", "--config", str(config), "--weights", "w.pt", "--out", str(tmp_path / "b")]
+    )
+    assert flags.exit_code == 2 and "--weights set the --model's settings" in flags.output
 
 
 def test_compare_model_errors_name_the_model(net, tmp_path):

@@ -136,8 +136,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         harden_identity,
         identified_trainer,
     )
-    from mri_audit.cli.setup import build_mask_func, open_models
-    from mri_audit.data import collate
+    from mri_audit.cli.setup import build_mask_func, open_models, probe_batch
     from mri_audit.distributed import agree, broadcast
     from mri_audit.harden import HardenConfig
     from mri_audit.registry import load_attack
@@ -152,7 +151,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         else "no epoch was finished, so there is nothing to resume; run the command again"
     )
     train, select, val = _datasets(opts)
-    probe = collate([train[0]])
+    probe = probe_batch(train, "the training data")
     accels = tuple(opts["accel"])
     mask_func = build_mask_func(opts["mask_type"], accels[0], opts["center_fraction"])
     (opened,) = open_models(

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import platform
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,13 +43,19 @@ def _model_info(opened, entry, name: str) -> dict:
     loaded = opened.loaded
     src = loaded.source_path
     spec, weights, args = entry.spec, entry.weights, entry.args
+    if loaded.kind == "module":  # the package's files, named from the folder that holds it
+        top = sys.modules[spec.rpartition(":")[0].split(".")[0]]
+        root = Path(top.__file__).resolve().parent.parent
+    else:
+        root = Path(src).parent if src else Path.cwd()
     return {
         "name": name,
         "spec": spec,
+        "target": loaded.name,  # file name and class (or module:Name, or program file)
         "kind": loaded.kind,
         "source": str(src) if src else None,
         "source_sha256": sha256_file(src) if src and Path(src).is_file() else None,
-        "sources": model_sources(loaded.sources, Path(src).parent if src else Path.cwd()),
+        "sources": model_sources(loaded.sources, root),
         "weights": str(weights) if weights else None,
         "weights_sha256": sha256_file(weights) if weights else None,
         "domain": opened.estimator.input_domain,
@@ -149,11 +156,12 @@ def execute(opts: dict, command_line: list[str]) -> int:
 def _claim_out(out: Path, opts: dict, stack: contextlib.ExitStack):
     """Check ``--out`` and take its lock before any work (rank 0); the resumed journal."""
     from mri_audit.cli import on_interrupt
-    from mri_audit.outdir import check_out
+    from mri_audit.outdir import check_existing, prepare_folder
     from mri_audit.outlock import hold_lock
 
-    check_out(out, resume=opts["resume"], force=opts["force"])
-    stack.enter_context(hold_lock(out, "mri-audit run"))
+    prepare_folder(out)
+    stack.enter_context(hold_lock(out, "mri-audit run"))  # first the lock, then what it holds
+    check_existing(out, resume=opts["resume"], force=opts["force"])
     on_interrupt(
         f"no record was written yet; {out} keeps what it held before"
         if not opts["resume"]
@@ -340,7 +348,9 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
             attack_rank.get(r["attack"], 0),
         )
     )
-    if env.enabled:
+    if env.enabled or any(out.glob("records.rank*.jsonl")):
+        # One journal again: the shards of this run, or of an unfinished distributed run that
+        # this one resumed, merged into records.jsonl (a re-read needs every record in it).
         from mri_audit.journal import to_jsonable
         from mri_audit.results import atomic_write
 
