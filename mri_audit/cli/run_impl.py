@@ -262,19 +262,20 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
     models_info = [_model_info(o, e, n) for o, e, n in zip(opened, entries, names, strict=True)]
     from mri_audit.identity import audit_identity, fingerprint
 
+    settings, described = json.loads(json.dumps(config.to_dict())), dataset.describe()
     identity = audit_identity(
-        config=json.loads(json.dumps(config.to_dict())),
+        config=settings,
         models=models_info,
-        data=dataset.describe(),
+        data=described,
         attack_classes=attack_classes.values(),
     )
     header = {
         "kind": "header",
         "audit": fingerprint(identity),
-        "config": identity["config"],
+        "config": settings,
         "code": identity["code"],
         "models": models_info,
-        "data": identity["data"],
+        "data": described,
     }
 
     def prepare() -> tuple[list[tuple], dict[int, float]]:
