@@ -208,8 +208,10 @@ def test_reduced_precision_on_a_cpu_without_native_support_warns(monkeypatch, ca
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     _check_precision("bf16", torch.device("cpu"))
-    assert "no native bf16 support" in capsys.readouterr().err
+    assert "this CPU has no native bf16 support" in capsys.readouterr().err
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     _check_precision("bf16", torch.device("cpu"))
     _check_precision("fp32", torch.device("cpu"))
     assert capsys.readouterr().err == ""
+    _check_precision("fp16", torch.device("cpu"))  # slower than fp32 even with AVX512-FP16
+    assert "this CPU runs fp16 slowly" in capsys.readouterr().err

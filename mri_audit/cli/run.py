@@ -183,7 +183,7 @@ def _parse_attack_params(values, attacks) -> dict[str, dict]:
     default="fp32",
     show_default=True,
     help="Model precision for the candidate search; the chosen features are rescored in fp32. "
-    "Pays on GPUs and on CPUs with native bf16/fp16 (AMX); elsewhere a warning says it is slower.",
+    "Pays on GPUs and, for bf16, on CPUs with native bf16 (AMX); elsewhere a warning says so.",
 )
 @click.option(
     "--compile",

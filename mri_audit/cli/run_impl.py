@@ -85,26 +85,27 @@ def _check_resume(header: dict, identity: dict, stored: dict, out: Path) -> None
 
 
 def _check_precision(precision: str, device) -> None:
-    """``--precision bf16|fp16`` on a CPU: run it where the CPU computes it natively (AMX,
-    AVX512-BF16/FP16: the example U-Net's search ran 2.5x faster in bf16 on such a CPU), and say
-    so where it does not (emulated reduced precision is slower than fp32)."""
+    """``--precision bf16|fp16`` on a CPU: bf16 runs where the CPU computes it natively (AMX,
+    AVX512-BF16: the example U-Net's forward took 0.51x the fp32 time here, see
+    ``benchmarks/bench_precision.py``); elsewhere, and for fp16 on any CPU (1.13x the fp32 time
+    even with AVX512-FP16), a warning says the search is slower than in fp32."""
     if precision == "fp32" or device.type != "cpu":
         return
     import torch
 
-    check = {
-        "bf16": getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None),
-        "fp16": getattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", None),
-    }[precision]
-    try:
-        native = bool(check()) if check is not None else False
-    except RuntimeError:
-        native = False
+    native = False
+    if precision == "bf16":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        try:
+            native = bool(check()) if check is not None else False
+        except RuntimeError:
+            native = False
     if not native:
+        why = "has no native bf16 support" if precision == "bf16" else "runs fp16 slowly"
         click.echo(
-            f"Warning: --precision {precision} on this CPU has no native {precision} support, "
-            "so the search is likely slower than in fp32 (the chosen features are still "
-            "rescored in fp32); use --precision fp32 here",
+            f"Warning: --precision {precision}: this CPU {why}, so the search is likely slower "
+            "than in fp32 (the chosen features are still rescored in fp32); use --precision "
+            f"{'fp32' if precision == 'bf16' else 'bf16 or fp32'} here",
             err=True,
         )
 
