@@ -516,7 +516,12 @@ def test_what_does_not_change_the_numbers_does_not_block_a_resume(
     monkeypatch.chdir(singlecoil_dir.parent)
     # The data folder spelled another way, and another batch size.
     _run(f"./{singlecoil_dir.name}/", models, out, "--resume", "--batch-size", "5")
-    assert _same(out, finished / "audit")
+    (resumed, records), (reference, ref_records) = _stable(out), _stable(finished / "audit")
+    pd.testing.assert_frame_equal(records, ref_records)
+    # results.json says how this segment was run: the folder as typed, the batch size.
+    assert resumed["data"].pop("source") != reference["data"].pop("source")
+    assert (resumed["config"].pop("batch_size"), reference["config"].pop("batch_size")) == (5, 3)
+    assert resumed == reference
 
 
 def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, caplog):
