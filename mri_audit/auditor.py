@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from mri_audit.attack import FnafAttack, result_records
+from mri_audit.batching import take_slices
 from mri_audit.criteria import DEFAULT_CRITERION, QUANTITIES, make_criterion
 from mri_audit.data import SliceBatch, collate, valid_indices
 from mri_audit.degradation import degradation_records
@@ -258,7 +259,7 @@ class Auditor:
             for a in self.config.attacks
         ]
         if any(finite):
-            out += self._attack_batch(_take(batch, [i for i, ok in enumerate(finite) if ok]))
+            out += self._attack_batch(take_slices(batch, [i for i, ok in enumerate(finite) if ok]))
         return [r for r in out if record_key(r) not in self.done]
 
     def _failure(
@@ -336,7 +337,7 @@ class Auditor:
     def _split(self, batch: SliceBatch) -> list[dict]:
         out: list[dict] = []
         for i in range(len(batch.volumes)):
-            out += self._attack_batch(_take(batch, [i]))
+            out += self._attack_batch(take_slices(batch, [i]))
         return out
 
     def _accumulate_target(self, batch: SliceBatch) -> None:
@@ -408,25 +409,3 @@ class Auditor:
 def _finite_or_none(v):
     """Plain JSON values: NaN as None, bools kept."""
     return None if isinstance(v, float) and v != v else v
-
-
-def _take(batch: SliceBatch, index: list[int]) -> SliceBatch:
-    """The slices of a batch at ``index``."""
-    idx = torch.as_tensor(index, device=batch.kspace.device)
-    return SliceBatch(
-        batch.kspace[idx],
-        batch.target[idx],
-        [batch.volumes[i] for i in index],
-        [batch.slices[i] for i in index],
-        batch.max_values[idx],
-    )
-
-
-def unique_names(names: Sequence[str]) -> list[str]:
-    """Make display names unique by suffixing repeats with #2, #3, ..."""
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
-    return out

@@ -14,7 +14,7 @@ import torch
 if TYPE_CHECKING:
     from mri_audit.data import SliceSample
 
-__all__ = ["SliceBatch", "collate", "iter_batches", "valid_indices"]
+__all__ = ["SliceBatch", "collate", "iter_batches", "take_slices", "valid_indices"]
 
 
 class SliceBatch(NamedTuple):
@@ -101,3 +101,15 @@ def iter_batches(
         key = sample_key
     if group:
         yield collate(group)
+
+
+def take_slices(batch: SliceBatch, index: list[int]) -> SliceBatch:
+    """The slices of a batch at ``index``."""
+    idx = torch.as_tensor(index, device=batch.kspace.device)
+    return SliceBatch(
+        batch.kspace[idx],
+        batch.target[idx],
+        [batch.volumes[i] for i in index],
+        [batch.slices[i] for i in index],
+        batch.max_values[idx],
+    )

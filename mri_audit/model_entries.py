@@ -27,6 +27,7 @@ __all__ = [
     "entries_from_config",
     "model_entries",
     "parse_compare",
+    "unique_names",
     "with_arguments",
 ]
 
@@ -275,3 +276,13 @@ def check_files(entries: Sequence[ModelEntry]) -> None:
         if e.weights is not None and not Path(e.weights).is_file():
             problem = "is a directory, not a file" if Path(e.weights).is_dir() else "not found"
             raise ModelError(f"{who}weights file {problem}: {e.weights} (check --weights)")
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Make display names unique by suffixing repeats with #2, #3, ..."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return out

@@ -172,10 +172,11 @@ def _claim_out(out: Path, opts: dict, stack: contextlib.ExitStack):
 
 
 def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
-    from mri_audit.auditor import AuditConfig, AuditModel, Auditor, unique_names
+    from mri_audit.auditor import AuditConfig, AuditModel, Auditor
     from mri_audit.cli.setup import build_mask_func, open_data, open_entries
     from mri_audit.distributed import agree, broadcast, gather
     from mri_audit.journal import Journal, record_key
+    from mri_audit.model_entries import unique_names
     from mri_audit.registry import load_attack
 
     out: Path = opts["out"]
