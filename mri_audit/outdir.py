@@ -21,6 +21,7 @@ __all__ = [
     "audit_files",
     "check_existing",
     "check_out",
+    "precheck_out",
     "prepare_folder",
     "remove_audit",
 ]
@@ -66,6 +67,24 @@ def check_out(out: Path, *, resume: bool, force: bool) -> None:
     check_existing(out, resume=resume, force=force)
 
 
+def precheck_out(out: Path, *, resume: bool, force: bool) -> None:
+    """The checks of :func:`check_out` that create nothing: run before the data is read, so a
+    bad ``--out`` is refused at once and bad data leaves no empty ``--out`` behind.
+
+    An existing ``out`` gets every check; a missing one, only its nearest existing parent's
+    (a folder, writable, with free space). :func:`check_out` (under the lock) decides.
+    """
+    if out.exists():
+        check_out(out, resume=resume, force=force)
+        return
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out} cannot be created in {parent}; choose another folder")
+    _check_free(out, parent)
+
+
 def prepare_folder(out: Path) -> None:
     """Create ``--out`` if needed and check that it can be written and has free space.
 
@@ -85,7 +104,11 @@ def prepare_folder(out: Path) -> None:
         raise UsageError(
             f"--out {out} is not writable ({why or err.strerror or err}); choose another folder"
         ) from None
-    free = shutil.disk_usage(out).free
+    _check_free(out, out)
+
+
+def _check_free(out: Path, where: Path) -> None:
+    free = shutil.disk_usage(where).free
     if free < MIN_FREE_BYTES:
         raise OutputError(
             f"--out {out} has {free / 2**20:.0f} MiB free; an audit needs at least "

@@ -215,3 +215,15 @@ def test_reduced_precision_on_a_cpu_without_native_support_warns(monkeypatch, ca
     assert capsys.readouterr().err == ""
     _check_precision("fp16", torch.device("cpu"))  # slower than fp32 even with AVX512-FP16
     assert "this CPU runs fp16 slowly" in capsys.readouterr().err
+
+
+def test_missing_data_is_refused_before_the_model_is_imported(tmp_path):
+    marker = tmp_path / "imported"
+    (tmp_path / "net.py").write_text(f"open({str(marker)!r}, 'w').close()\n" + NET)
+    result = CliRunner().invoke(
+        cli,
+        ["run", "--model", f"{tmp_path}/net.py:Net", "--data", str(tmp_path / "no-data"),
+         "--out", str(tmp_path / "o")],
+    )  # fmt: skip
+    assert result.exit_code == 4 and "no such file or folder" in result.output
+    assert not marker.exists() and not (tmp_path / "o").exists()

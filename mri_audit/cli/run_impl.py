@@ -192,9 +192,11 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
 
     entries = opts.get("models") or model_entries(opts)
     check_files(entries)  # before the data is read, before anything is written
+    from mri_audit.outdir import precheck_out
+
+    agree(env, lambda: precheck_out(out, resume=opts["resume"], force=opts["force"]))
     if env.is_main:
         _check_precision(opts.get("precision", "fp32"), device)
-    previous = agree(env, lambda: _claim_out(out, opts, stack))
     mask_func = build_mask_func(opts["mask_type"], opts["accel"], opts["center_fraction"])
     if opts.get("dataset") is not None:
         from mri_audit.cli.setup import probe_batch
@@ -203,6 +205,7 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
         probe = probe_batch(dataset)
     else:
         dataset, probe = open_data(opts["data"], opts["max_volumes"], opts["max_slices"])
+    previous = agree(env, lambda: _claim_out(out, opts, stack))
     import torch
 
     torch.manual_seed(opts["seed"])  # a model's own random initialisation is seeded too
