@@ -187,9 +187,10 @@ def prepare_context(
 
 
 class FeatureBatch(NamedTuple):
-    """A batch of features, each the pixels a walk visited (in order) and their intensities.
+    """A batch of features, each the pixels it writes (in order) and their intensities.
 
-    Later writes to a pixel replace earlier ones, as in the walk. ``valid`` pads ragged walks.
+    Later writes to a pixel replace earlier ones, as in the walk. ``valid`` marks the pixels that
+    belong to the feature (ragged walks, clipped shapes); the others hold an in-image position.
 
     Shape:
         rows, cols: ``(N, n)`` int64 target coordinates; values: ``(N, n)`` float;
@@ -297,15 +298,16 @@ def paint(features: FeatureBatch, shape: Sequence[int]) -> tuple[torch.Tensor, t
     n = features.count
     lin = features.rows * w + features.cols
     valid = features.valid
-    # A pixel keeps the value of the last valid step that wrote it.
-    same = lin[:, :, None] == lin[:, None, :]
-    later = torch.ones(lin.shape[1], lin.shape[1], dtype=torch.bool, device=lin.device).triu(1)
-    overwritten = (same & later & valid[:, None, :]).any(-1)
-    keep = valid & ~overwritten
+    # A pixel keeps the value of the last valid step that wrote it: per pixel, the largest valid
+    # step index (-1: none), then each step is kept when it is its pixel's last (O(n) per feature).
+    step = torch.arange(lin.shape[1], device=lin.device, dtype=torch.int32).expand_as(lin)
+    step = torch.where(valid, step, -1)
+    last = torch.full((n, h * w), -1, dtype=torch.int32, device=lin.device)
+    last = last.scatter_reduce(1, lin, step, reduce="amax", include_self=True)
+    keep = valid & (last.gather(1, lin) == step)
     values = torch.where(keep, features.values, torch.zeros_like(features.values))
     d = features.values.new_zeros(n, h * w).scatter_add(1, lin, values)
-    support = torch.zeros(n, h * w, dtype=torch.int32, device=lin.device)
-    support = support.scatter_add(1, lin, valid.to(torch.int32)) > 0
+    support = last >= 0
     return d.view(n, h, w), support.view(n, h, w)
 
 
@@ -337,8 +339,15 @@ def encode_features(features: FeatureBatch) -> list[dict[str, list]]:
     values, valid = features.values.tolist(), features.valid.tolist()
     out = []
     for r, c, v, ok in zip(rows, cols, values, valid, strict=True):
-        n = sum(ok)
-        out.append({"rows": r[:n], "cols": c[:n], "values": v[:n]})
+        # By the mask, not a prefix: a clipped shape or a grown support has gaps.
+        keep = [i for i, k in enumerate(ok) if k]
+        out.append(
+            {
+                "rows": [r[i] for i in keep],
+                "cols": [c[i] for i in keep],
+                "values": [v[i] for i in keep],
+            }
+        )
     return out
 
 

@@ -73,6 +73,51 @@ def test_paint_last_write_wins_and_support():
     assert int(support.sum()) == 3
 
 
+def _paint_quadratic(features, shape):
+    """The former O(n²) painter (the oracle of the O(n) one): pairwise "a later write wins"."""
+    h, w = int(shape[0]), int(shape[1])
+    n = features.count
+    lin = features.rows * w + features.cols
+    valid = features.valid
+    same = lin[:, :, None] == lin[:, None, :]
+    later = torch.ones(lin.shape[1], lin.shape[1], dtype=torch.bool).triu(1)
+    overwritten = (same & later & valid[:, None, :]).any(-1)
+    keep = valid & ~overwritten
+    values = torch.where(keep, features.values, torch.zeros_like(features.values))
+    d = features.values.new_zeros(n, h * w).scatter_add(1, lin, values)
+    support = torch.zeros(n, h * w, dtype=torch.int32).scatter_add(1, lin, valid.to(torch.int32))
+    return d.view(n, h, w), (support > 0).view(n, h, w)
+
+
+@pytest.mark.parametrize("steps", [1, 10, (5, 60)])
+def test_paint_linear_equals_the_quadratic_oracle(steps):
+    ctx = context(smooth_slices(3), window=0.2)  # a small window: walks revisit pixels often
+    f = _walks(ctx, k=40, steps=steps, seed=7)
+    d, support = paint(f, ctx.target_shape)
+    d_ref, support_ref = _paint_quadratic(f, ctx.target_shape)
+    assert torch.equal(d, d_ref) and torch.equal(support, support_ref)
+    # Gradients with respect to the intensities flow to the kept writes only, as before.
+    values = f.values.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(paint(f._replace(values=values), ctx.target_shape)[0].sum(), values)
+    values_ref = f.values.clone().requires_grad_(True)
+    d_ref = _paint_quadratic(f._replace(values=values_ref), ctx.target_shape)[0]
+    (g_ref,) = torch.autograd.grad(d_ref.sum(), values_ref)
+    assert torch.equal(g, g_ref)
+
+
+def test_encode_keeps_the_valid_pixels_wherever_they_are():
+    from mri_audit.features import FeatureBatch
+
+    f = FeatureBatch(
+        rows=torch.tensor([[5, 9, 6, 7]]),
+        cols=torch.tensor([[5, 9, 6, 7]]),
+        values=torch.tensor([[1.0, 0.0, 3.0, 4.0]]),
+        valid=torch.tensor([[True, False, True, True]]),
+        slice_index=torch.tensor([0]),
+    )
+    assert encode_features(f) == [{"rows": [5, 6, 7], "cols": [5, 6, 7], "values": [1.0, 3.0, 4.0]}]
+
+
 def test_region_is_support_plus_ring_per_sample():
     ctx = context(smooth_slices(2))
     f = _walks(ctx, k=4)
