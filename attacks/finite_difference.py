@@ -8,21 +8,23 @@ import torch
 
 from mri_audit.attack import FnafAttack
 from mri_audit.engine import FnafEngine, Scores
-from mri_audit.features import FeatureBatch, SliceContext, random_walks
+from mri_audit.features import FeatureBatch, SliceContext
 
 
 class FiniteDifference(FnafAttack):
     """Move the feature's location along a finite-difference estimate of the score's gradient.
 
-    Each of the ``candidates`` evaluations per slice draws a fresh random-walk feature (its own
-    shape and intensities, keyed by (seed, volume, slice, candidate)) and places it with its
-    first pixel at a location: evaluation 0 at the walk's own random start; then, in a repeating
-    cycle of three, a probe ``h`` pixels along the rows, a probe ``h`` pixels along the columns
-    (each a forward difference of the criterion's score against the current location; towards
-    the window's inside at its edge), and a move of ``step`` pixels along the sign of the
-    estimated gradient on each axis. Every evaluation is a candidate for the final selection, so
-    the budget equals ``fnaf-rs``'s and is spent whole: with ``restarts`` independent chains per
-    slice, the budget is split between them as evenly as possible.
+    Each of the ``candidates`` evaluations per slice draws a fresh feature of the attack's shape
+    (a random walk with its own path and intensities by default; a disk, or a line at a fresh
+    angle; keyed by (seed, volume, slice, candidate)) and places it with its first pixel (a
+    walk's start, a disk's or line's centre) at a location: evaluation 0 at the feature's own
+    random position; then, in a repeating cycle of three, a probe ``h`` pixels along the rows, a
+    probe ``h`` pixels along the columns (each a forward difference of the criterion's score
+    against the current location; towards the window's inside at its edge), and a move of
+    ``step`` pixels along the sign of the estimated gradient on each axis. Every evaluation is a
+    candidate for the final selection, so the budget equals ``fnaf-rs``'s and is spent whole:
+    with ``restarts`` independent chains per slice, the budget is split between them as evenly
+    as possible.
 
     Args:
         restarts: independent chains per slice (1 to ``candidates``).
@@ -53,15 +55,28 @@ class FiniteDifference(FnafAttack):
 
     @staticmethod
     def _place(ctx: SliceContext, f: FeatureBatch, row: torch.Tensor, col: torch.Tensor):
-        """``f`` moved so its first pixel is at ``(row, col)``, kept whole inside the window."""
+        """``f`` moved so its first pixel is at ``(row, col)``, kept whole inside the window.
+
+        A feature larger than the window is kept whole inside the target instead.
+        """
         win = ctx.window
+        h, w = ctx.target_shape
         big = torch.iinfo(torch.int64).max
-        lo_r = win.top - torch.where(f.valid, f.rows, big).amin(1)
-        hi_r = win.top + win.height - 1 - torch.where(f.valid, f.rows, -1).amax(1)
-        lo_c = win.left - torch.where(f.valid, f.cols, big).amin(1)
-        hi_c = win.left + win.width - 1 - torch.where(f.valid, f.cols, -1).amax(1)
-        dr = torch.minimum(torch.maximum(row - f.rows[:, 0], lo_r), hi_r)
-        dc = torch.minimum(torch.maximum(col - f.cols[:, 0], lo_c), hi_c)
+        top = torch.where(f.valid, f.rows, big).amin(1)
+        bottom = torch.where(f.valid, f.rows, -1).amax(1)
+        left = torch.where(f.valid, f.cols, big).amin(1)
+        right = torch.where(f.valid, f.cols, -1).amax(1)
+
+        def shift(want, low, high, first, last, size):
+            inside = torch.minimum(torch.maximum(want, low), high)
+            return torch.minimum(torch.maximum(inside, -first), size - 1 - last)
+
+        dr = shift(
+            row - f.rows[:, 0], win.top - top, win.top + win.height - 1 - bottom, top, bottom, h
+        )
+        dc = shift(
+            col - f.cols[:, 0], win.left - left, win.left + win.width - 1 - right, left, right, w
+        )
         return f.shifted(dr, dc)
 
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
@@ -77,9 +92,7 @@ class FiniteDifference(FnafAttack):
         r_max, c_max = win.top + win.height - 1, win.left + win.width - 1
 
         def draw(index: torch.Tensor, k: int, row=None, col=None) -> FeatureBatch:
-            f = random_walks(
-                ctx, si[index], first[index] + k, steps=self.walk_steps, seed=self.seed
-            )
+            f = self.draw(ctx, si[index], first[index] + k)
             return f if row is None else self._place(ctx, f, row, col)
 
         def key(scores: Scores) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 
 from mri_audit.attack import FnafAttack
 from mri_audit.engine import FnafEngine, Scores
-from mri_audit.features import FeatureBatch, SliceContext, random_walks
+from mri_audit.features import FeatureBatch, SliceContext
 
 
 def candidate_grid(ctx: SliceContext, count: int, first: int = 0):
@@ -22,7 +22,10 @@ def candidate_grid(ctx: SliceContext, count: int, first: int = 0):
 
 
 class RandomSearch(FnafAttack):
-    """Random search: draw ``candidates`` random-walk features per slice, keep the best.
+    """Random search: draw ``candidates`` random features per slice, keep the best.
+
+    The features are the attack's ``feature`` shape (a random walk by default; a disk or a line,
+    see :mod:`mri_audit.shapes`), keyed by (seed, volume, slice, candidate).
 
     The criterion's best admissible candidate is selected by :meth:`FnafAttack.attack`; the
     candidates themselves do not depend on the criterion.
@@ -33,12 +36,11 @@ class RandomSearch(FnafAttack):
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
         # The same search with the same settings on the same slices is done once per engine
         # (the candidates and their quantities do not depend on the criterion).
-        key = ("fnaf-rs", self.seed, self.candidates, self.walk_steps, ctx.window)
+        shape = repr((self.feature, self.feature_size, self.feature_width, self.feature_contrast))
+        key = ("fnaf-rs", self.seed, self.candidates, self.walk_steps, shape, ctx.window)
         memo = engine.memo(ctx)
         if key not in memo:
             slice_index, candidate = candidate_grid(ctx, self.candidates)
-            features = random_walks(
-                ctx, slice_index, candidate, steps=self.walk_steps, seed=self.seed
-            )
+            features = self.draw(ctx, slice_index, candidate)
             memo[key] = (features, engine.evaluate(ctx, features))
         return memo[key]

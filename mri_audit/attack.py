@@ -30,6 +30,7 @@ from mri_audit.features import (
     paint,
 )
 from mri_audit.reconstructor import Reconstructor
+from mri_audit.shapes import check_shape, draw_features
 
 __all__ = ["AttackResult", "Pick", "FnafAttack", "result_records", "QUANTITIES"]
 
@@ -89,6 +90,9 @@ class FnafAttack(EvasionAttack):
         estimator: the :class:`Reconstructor` under attack.
         candidates: evaluation budget per slice (default 11).
         feature_steps: random-walk length, or an inclusive ``(low, high)`` range.
+        feature, feature_size, feature_width, feature_contrast: the feature's shape (``walk``,
+            ``disk`` or ``line``) and :func:`~mri_audit.shapes.draw_features`'s ``size`` (None:
+            the shape's default; a walk's is ``feature_steps``), ``width`` and ``contrast``.
         window: centred window fraction (default 0.375) or ``(top, left, height, width)``.
         criterion: ``erasure`` (default), ``recovery`` or ``paper`` (the score attacks
             maximise and the hit rule).
@@ -107,6 +111,10 @@ class FnafAttack(EvasionAttack):
     attack_params = EvasionAttack.attack_params + [
         "candidates",
         "feature_steps",
+        "feature",
+        "feature_size",
+        "feature_width",
+        "feature_contrast",
         "window",
         "criterion",
         "margin",
@@ -132,6 +140,10 @@ class FnafAttack(EvasionAttack):
         *,
         candidates: int = 11,
         feature_steps: int | tuple[int, int] = 10,
+        feature: str = "walk",
+        feature_size: float | tuple[float, float] | None = None,
+        feature_width: float = 1.0,
+        feature_contrast: float | None = None,
         window: float | Sequence[int] = 0.375,
         criterion: str = DEFAULT_CRITERION,
         margin: float = 0.1,
@@ -145,6 +157,10 @@ class FnafAttack(EvasionAttack):
         super().__init__(estimator=estimator)
         self.candidates = candidates
         self.feature_steps = feature_steps
+        self.feature = feature
+        self.feature_size = feature_size
+        self.feature_width = feature_width
+        self.feature_contrast = feature_contrast
         self.window = window
         self.criterion = criterion
         self.margin = margin
@@ -173,6 +189,10 @@ class FnafAttack(EvasionAttack):
             and steps[0] <= steps[1]
         ):
             raise ValueError(f"feature_steps must be >= 1 or a (low, high) range, got {steps!r}")
+        if self.feature == "walk" and self.feature_size is not None:
+            raise ValueError("feature_size is a disk's radius or a line's length, not a walk's")
+        sizes = {"size": self.feature_size, "width": self.feature_width}
+        check_shape(self.feature, contrast=self.feature_contrast, **sizes)
         if isinstance(self.window, numbers.Real):
             if not 0 < self.window <= 1:
                 raise ValueError(f"window fraction must be in (0, 1], got {self.window}")
@@ -210,6 +230,22 @@ class FnafAttack(EvasionAttack):
         """The random-walk length (or range) as ints."""
         s = self.feature_steps
         return int(s) if isinstance(s, numbers.Integral) else (int(s[0]), int(s[1]))
+
+    def draw(
+        self, ctx: SliceContext, slice_index: torch.Tensor, candidate: torch.Tensor
+    ) -> FeatureBatch:
+        """This attack's features of ``(N,)`` (slice, candidate) keys (:func:`draw_features`)."""
+        walk = self.feature == "walk"
+        return draw_features(
+            ctx,
+            slice_index,
+            candidate,
+            shape=self.feature,
+            size=self.walk_steps if walk else self.feature_size,
+            contrast=self.feature_contrast,
+            width=self.feature_width,
+            seed=self.seed,
+        )
 
     # ------------------------------------------------------------------ the search
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:

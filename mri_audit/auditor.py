@@ -47,6 +47,7 @@ class AuditConfig:
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
     candidates: int = 11
     feature_steps: int = 10
+    feature: str = "walk"
     criterion: str = DEFAULT_CRITERION
     margin: float = 0.1
     min_recovery: float = 0.5
@@ -82,6 +83,7 @@ class AuditConfig:
         kwargs = {
             "candidates": self.candidates,
             "feature_steps": self.feature_steps,
+            "feature": self.feature,
             "window": self.window,
             "criterion": self.criterion,
             **self.thresholds(),

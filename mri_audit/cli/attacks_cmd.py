@@ -22,7 +22,7 @@ def attacks() -> None:
             click.echo(f"    {key:<{width}} = {default!r}")
     click.echo(
         "\nrun sets the shared ones with its own flags (--candidates, --feature-steps, "
-        "--window,\n--criterion, --margin, --min-recovery, --threshold, --ip-epsilon, --seed, "
-        "--batch-size)\nand any other with "
+        "--feature,\n--window, --criterion, --margin, --min-recovery, --threshold, --ip-epsilon, "
+        "--seed, --batch-size)\nand any other with "
         "--attack-param ATTACK.KEY=VALUE, e.g. --attack-param fnaf-pgd.steps=20."
     )

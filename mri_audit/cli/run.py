@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 EXIT_ATTACK_RATE = 3
 DEFAULT_OUT = "mri-audit-report"
 DEFAULT_ATTACK_LIST = "fnaf-rs,fnaf-fd,fnaf-pgd"
+FEATURE_SHAPES = ("walk", "disk", "line")  # mri_audit.shapes.SHAPES (not imported: no torch here)
 MODELS_KEY = "mri_audit.models"  # the [[models]] tables of --config, in ctx.meta
 
 
@@ -113,6 +114,15 @@ def _parse_attack_params(values, attacks) -> dict[str, dict]:
     show_default=True,
     metavar="N|LOW-HIGH",
     help="Random-walk length of a feature.",
+)
+@click.option(
+    "--feature",
+    type=click.Choice(FEATURE_SHAPES),
+    default="walk",
+    show_default=True,
+    help="Feature shape: the paper's random walk, a soft disk (a lesion) or a soft line (a tear) "
+    "at a random angle. Their size, width and contrast are attack parameters, e.g. "
+    "--attack-param fnaf-rs.feature_size=4 (disk radius 3, line length 10 and width 1 by default).",
 )
 @criterion_option
 @margin_option
@@ -227,6 +237,12 @@ def run(**opts) -> None:
 
     check_acceleration(opts["accel"], opts["center_fraction"])
     opts["feature_steps"] = _parse_steps(str(opts["feature_steps"]))
+    source = click.get_current_context().get_parameter_source("feature_steps")
+    if opts["feature"] != "walk" and source is not click.core.ParameterSource.DEFAULT:
+        raise UsageError(
+            f"--feature-steps is a walk's length; a {opts['feature']}'s size is the attack "
+            "parameter feature_size (e.g. --attack-param fnaf-rs.feature_size=4)"
+        )
     opts["models"] = model_entries(opts, click.get_current_context().meta.get(MODELS_KEY))
     opts["attacks"] = tuple(a.strip() for a in opts.pop("attack_list").split(",") if a.strip())
     if not opts["attacks"]:

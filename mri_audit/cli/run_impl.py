@@ -250,6 +250,7 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
         attacks=opts["attacks"],
         candidates=opts["candidates"],
         feature_steps=opts["feature_steps"],
+        feature=opts.get("feature", "walk"),
         criterion=opts.get("criterion", "erasure"),
         margin=opts.get("margin", 0.1),
         min_recovery=opts.get("min_recovery", 0.5),
