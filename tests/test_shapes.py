@@ -283,3 +283,25 @@ def test_run_feature_disk_end_to_end(tmp_path):
     assert sizes == {"fnaf-rs": 37, "fnaf-pgd": 21}  # radius 3 (default) and radius 2
     bad = CliRunner().invoke(cli, [*args[:5], "--feature-steps", "5", "--out", str(tmp_path / "b")])
     assert bad.exit_code != 0 and "feature_size" in bad.output
+
+
+def test_feature_size_flag_sizes_every_fnaf_attack(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from mri_audit.cli import cli
+
+    base = ["run", "--model", "examples/median_filter.py:MedianFilter", "--max-volumes", "1"]
+    base += ["--max-slices", "1", "--candidates", "2", "--batch-size", "4", "--no-progress"]
+    out = tmp_path / "disk"
+    result = CliRunner().invoke(
+        cli,
+        [*base, "--feature", "disk", "--feature-size", "2", "--attacks", "fnaf-rs,kspace-pgd",
+         "--attack-param", "fnaf-rs.feature_size=1.5", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    options = json.loads((out / "results.json").read_text())["config"]["attack_options"]
+    assert options == {"fnaf-rs": {"feature_size": 1.5}}  # --attack-param wins; not kspace-pgd
+    walk = CliRunner().invoke(cli, [*base, "--feature-size", "2", "--out", str(tmp_path / "w")])
+    assert walk.exit_code == 2 and "a walk's length is --feature-steps" in walk.output

@@ -121,8 +121,20 @@ def _parse_attack_params(values, attacks) -> dict[str, dict]:
     default="walk",
     show_default=True,
     help="Feature shape: the paper's random walk, a soft disk (a lesion) or a soft line (a tear) "
-    "at a random angle. Their size, width and contrast are attack parameters, e.g. "
-    "--attack-param fnaf-rs.feature_size=4 (disk radius 3, line length 10 and width 1 by default).",
+    "at a random angle. Size them with --feature-size and --feature-width (disk radius 3, line "
+    "length 10 and width 1 by default); per attack with --attack-param fnaf-rs.feature_size=4.",
+)
+@click.option(
+    "--feature-size",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=None,
+    help="--feature disk: radius in pixels; line: length in pixels (every FNAF attack).",
+)
+@click.option(
+    "--feature-width",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=None,
+    help="--feature line: width in pixels (every FNAF attack; default 1).",
 )
 @criterion_option
 @margin_option
@@ -237,6 +249,11 @@ def run(**opts) -> None:
 
     check_acceleration(opts["accel"], opts["center_fraction"])
     opts["feature_steps"] = _parse_steps(str(opts["feature_steps"]))
+    if opts["feature"] == "walk" and (opts["feature_size"] or opts["feature_width"]):
+        raise UsageError(
+            "--feature-size and --feature-width size a disk or a line (--feature disk|line); "
+            "a walk's length is --feature-steps"
+        )
     source = click.get_current_context().get_parameter_source("feature_steps")
     if opts["feature"] != "walk" and source is not click.core.ParameterSource.DEFAULT:
         raise UsageError(

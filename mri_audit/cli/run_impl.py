@@ -181,6 +181,11 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
 
     out: Path = opts["out"]
     attack_classes = {a: load_attack(a) for a in opts["attacks"]}
+    shared = {"feature_size": opts.get("feature_size"), "feature_width": opts.get("feature_width")}
+    for name, cls in attack_classes.items():  # --feature-size/-width: every FNAF attack's default
+        for key, value in shared.items():
+            if value is not None and key in getattr(cls, "attack_params", ()):
+                opts["attack_options"].setdefault(name, {}).setdefault(key, value)
     if opts["max_attack_rate"] is not None and not any(
         getattr(c, "kind", "fnaf") == "fnaf" for c in attack_classes.values()
     ):
