@@ -89,7 +89,10 @@ def load_results(path: Path) -> dict:
             f"{path} has schema_version {results['schema_version']!r}; this version of "
             f"mri-audit reads schema_version {SCHEMA_VERSION}"
         )
-    missing = [k for k in ("config", "models", "clean", "attacks", "verdict") if k not in results]
+    required = ("config", "models", "clean", "attacks", "verdict")
+    if results.get("kind") == "map":  # `mri-audit map` (mri_audit.map_report)
+        required = ("config", "models", "map")
+    missing = [k for k in required if k not in results]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}")
     return results
@@ -304,13 +307,23 @@ def build_context(audit: AuditInputs) -> dict:
         "versions": r.get("versions") or {},
         "notes": list(audit.notes),
         "failures": r.get("failures") or {"skipped": 0, "errors": 0, "slices": []},
+        "recovery_map": _map_section(r),
     }
+
+
+def _map_section(results: dict) -> dict | None:
+    """The feature-recovery map section (``run --map``), or None."""
+    if not results.get("map"):
+        return None
+    from mri_audit.map_figures import map_context
+
+    return map_context(results["map"])
 
 
 # ------------------------------------------------------------------------------ rendering
 
 
-def render_html(context: dict) -> str:
+def render_html(context: dict, template: str = "report.html") -> str:
     """Fill the report templates (autoescaped; a missing value is an error, not a blank)."""
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
@@ -321,7 +334,7 @@ def render_html(context: dict) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    return env.get_template("report.html").render(**context)
+    return env.get_template(template).render(**context)
 
 
 def render_report(results_path: str | Path, out_path: str | Path | None = None) -> Path:
@@ -339,7 +352,13 @@ def render_report(results_path: str | Path, out_path: str | Path | None = None) 
     Raises:
         DataError: ``results.json`` is missing, not JSON, or of an unknown schema version.
     """
-    audit = load_audit(results_path)
+    path = resolve_results(results_path)
+    results = load_results(path)
+    if results.get("kind") == "map":
+        from mri_audit.map_report import render_map_report
+
+        return render_map_report(results, out_path or path.parent / "report.html")
+    audit = load_audit(path)
     name = (audit.results.get("files") or {}).get("report") or "report.html"
     out = Path(out_path) if out_path is not None else audit.path.parent / Path(name).name
     html = render_html(build_context(audit))

@@ -111,7 +111,7 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 
 def _register() -> None:
-    from mri_audit.cli import attacks_cmd, check, data, harden, report_cmd, run
+    from mri_audit.cli import attacks_cmd, check, data, harden, map_cmd, report_cmd, run
 
     cli.add_command(run.run)
     cli.add_command(harden.harden)
@@ -119,6 +119,7 @@ def _register() -> None:
     cli.add_command(report_cmd.report)
     cli.add_command(attacks_cmd.attacks)
     cli.add_command(data.data)
+    cli.add_command(map_cmd.map_command)
 
 
 _register()
