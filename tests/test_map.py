@@ -425,3 +425,26 @@ def test_map_report_in_headless_chromium(cli_map, tmp_path):
     assert summary["viewport"] == 900 and summary["width"] <= 900, summary
     assert '<section id="map">' in run.stdout and 'id="map-curve-line"' in run.stdout
     assert np.all([m in run.stdout for m in ("Recovery r", "Evidence r₀", "Erasure rate")])
+
+
+# ------------------------------------------------------------------------------- benchmark
+
+
+def test_bench_map_figures_are_consistent(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "bench_map_under_test", ROOT / "benchmarks" / "bench_map.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "figures.json"
+    args = ["--chans", "2", "--pools", "1", "--size", "32", "--slices", "2", "--draws", "1"]
+    args += ["--shapes", "disk", "--contrasts", "0.5,1", "--repeats", "1", "--device", "cpu"]
+    figures = bench.main([*args, "--json", str(out)])
+    assert json.loads(out.read_text()) == pytest.approx(figures)
+    assert figures["cells"] == 6 * 2 and figures["features"] == 2 * 12
+    assert figures["features_scored"] == figures["features"]
+    assert figures["map_vs_floor"] == pytest.approx(
+        figures["map_features_per_s"] / figures["floor_features_per_s"]
+    )
+    assert figures["map_cells_per_s"] == pytest.approx(figures["cells"] / figures["map_seconds"])
+    assert figures["model_work_bound"] == pytest.approx(12 / 13)
