@@ -111,8 +111,12 @@ def finish_audit(
     device: str,
     elapsed: float,
     started: str,
+    recovery_map: dict | None = None,
 ) -> dict:
     """Write every final file of an audit (each atomically) and return the results.
+
+    ``recovery_map`` (``run --map``) is the map section, stored under ``map`` in
+    ``results.json`` and rendered in the report.
 
     ``results.json`` is written first with ``complete: false``, then the report, then
     ``results.json`` again with ``complete: true``: a kill in between leaves a folder that
@@ -142,6 +146,8 @@ def finish_audit(
         elapsed=elapsed,
         started=started,
     )
+    if recovery_map is not None:
+        results["map"] = recovery_map
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write(out / "audit_images.npz", buf.getvalue())

@@ -204,7 +204,7 @@ def test_missing_model_files_are_refused_before_the_data_is_read(net, tmp_path, 
 
 
 def test_reduced_precision_on_a_cpu_without_native_support_warns(monkeypatch, capsys):
-    from mri_audit.cli.run_impl import _check_precision
+    from mri_audit.cli.setup import check_precision as _check_precision
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     _check_precision("bf16", torch.device("cpu"))
@@ -227,3 +227,17 @@ def test_missing_data_is_refused_before_the_model_is_imported(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 4 and "no such file or folder" in result.output
     assert not marker.exists() and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_run_map_adds_the_recovery_map_to_results_and_report(tmp_path):
+    out = tmp_path / "audit"
+    result = CliRunner().invoke(
+        cli,
+        ["run", "--model", "examples/zero_filled.py:ZeroFilled", "--map", "--attacks", "fnaf-rs",
+         "--out", str(out), *TINY],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    section = json.loads((out / "results.json").read_text())["map"]
+    assert section["features_scored"] > 0 and section["cells"]
+    assert 'id="map"' in (out / "report.html").read_text()

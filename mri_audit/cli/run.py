@@ -235,6 +235,13 @@ def _parse_attack_params(values, attacks) -> dict[str, dict]:
     default=None,
     help="Exit with status 3 when the model's worst attack rate exceeds this.",
 )
+@click.option(
+    "--map",
+    "map",
+    is_flag=True,
+    help="Add the feature-recovery map (walk, disk and line features over size x contrast, the "
+    "default grid of `mri-audit map`) to results.json and the report.",
+)
 @click.option("--resume", is_flag=True, help="Continue an interrupted audit in --out.")
 @click.option("--force", is_flag=True, help="Replace an existing audit in --out.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")

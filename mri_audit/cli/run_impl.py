@@ -84,32 +84,6 @@ def _check_resume(header: dict, identity: dict, stored: dict, out: Path) -> None
     )
 
 
-def _check_precision(precision: str, device) -> None:
-    """``--precision bf16|fp16`` on a CPU: bf16 runs where the CPU computes it natively (AMX,
-    AVX512-BF16: the example U-Net's forward took 0.51x the fp32 time here, see
-    ``benchmarks/bench_precision.py``); elsewhere, and for fp16 on any CPU (1.13x the fp32 time
-    even with AVX512-FP16), a warning says the search is slower than in fp32."""
-    if precision == "fp32" or device.type != "cpu":
-        return
-    import torch
-
-    native = False
-    if precision == "bf16":
-        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        try:
-            native = bool(check()) if check is not None else False
-        except RuntimeError:
-            native = False
-    if not native:
-        why = "has no native bf16 support" if precision == "bf16" else "runs fp16 slowly"
-        click.echo(
-            f"Warning: --precision {precision}: this CPU {why}, so the search is likely slower "
-            "than in fp32 (the chosen features are still rescored in fp32); use --precision "
-            f"{'fp32' if precision == 'bf16' else 'bf16 or fp32'} here",
-            err=True,
-        )
-
-
 def _check_attacks(attack_classes: dict, config, estimator) -> None:
     """Build each attack once so bad parameters fail before any work, as one line."""
     for name, cls in attack_classes.items():
@@ -201,7 +175,9 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
 
     agree(env, lambda: precheck_out(out, resume=opts["resume"], force=opts["force"]))
     if env.is_main:
-        _check_precision(opts.get("precision", "fp32"), device)
+        from mri_audit.cli.setup import check_precision
+
+        check_precision(opts.get("precision", "fp32"), device)
     mask_func = build_mask_func(opts["mask_type"], opts["accel"], opts["center_fraction"])
     if opts.get("dataset") is not None:
         from mri_audit.cli.setup import probe_batch
@@ -373,6 +349,21 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
             shard.unlink()
     from mri_audit.outputs import finish_audit
 
+    section = None
+    if opts.get("map"):
+        from mri_audit.recovery_map import recovery_map
+
+        click.echo("Mapping feature recovery (the default grid; mri-audit map sets its own)...")
+        section = recovery_map(
+            [(n, o.estimator) for n, o in zip(names, opened, strict=True)],
+            dataset,
+            mask_func=mask_func,
+            seed=config.seed,
+            margin=config.margin,
+            batch_size=config.batch_size,
+            window=config.window,
+            insert_mode=config.insert,
+        )
     results = finish_audit(
         out,
         records=records,
@@ -385,6 +376,7 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
         device=str(device) if not env.enabled else f"{device} x {env.world_size} processes",
         elapsed=elapsed,
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        recovery_map=section,
     )
     from mri_audit.tables import attack_table
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import click
 import torch
 
 from mri_audit.data import SliceBatch, collate, open_dataset, valid_indices
@@ -121,8 +122,35 @@ def open_entries(
     return opened
 
 
+def check_precision(precision: str, device) -> None:
+    """``--precision bf16|fp16`` on a CPU: bf16 runs where the CPU computes it natively (AMX,
+    AVX512-BF16: the example U-Net's forward took 0.51x the fp32 time here, see
+    ``benchmarks/bench_precision.py``); elsewhere, and for fp16 on any CPU (1.13x the fp32 time
+    even with AVX512-FP16), a warning says the search is slower than in fp32."""
+    if precision == "fp32" or device.type != "cpu":
+        return
+    import torch
+
+    native = False
+    if precision == "bf16":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        try:
+            native = bool(check()) if check is not None else False
+        except RuntimeError:
+            native = False
+    if not native:
+        why = "has no native bf16 support" if precision == "bf16" else "runs fp16 slowly"
+        click.echo(
+            f"Warning: --precision {precision}: this CPU {why}, so the search is likely slower "
+            "than in fp32 (the chosen features are still rescored in fp32); use --precision "
+            f"{'fp32' if precision == 'bf16' else 'bf16 or fp32'} here",
+            err=True,
+        )
+
+
 __all__ = [
     "build_mask_func",
+    "check_precision",
     "open_data",
     "open_entries",
     "open_models",
