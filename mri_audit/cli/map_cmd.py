@@ -19,7 +19,6 @@ from mri_audit.cli.options import (
     check_acceleration,
     data_options,
     device_option,
-    margin_option,
     mask_options,
     model_options,
 )
@@ -306,7 +305,14 @@ def _results(opts, section, config, opened, entries, names, dataset) -> dict:
     show_default=True,
     help="Width of line features in px.",
 )
-@margin_option
+@click.option(
+    "--margin",
+    type=FiniteFloatRange(min=0, max=1, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="δ of the erasure rate: a feature is a hit when the model removes at least this share "
+    "of its contrast that the data carries (min(r0 - r, r0) >= δ).",
+)
 @click.option(
     "--window",
     type=FiniteFloatRange(min=0, max=1, min_open=True),
