@@ -224,6 +224,16 @@ def map_context(section: Mapping[str, Any]) -> dict[str, Any]:
         if evidence is not None:
             rows.append({"name": "zero-filled evidence (r₀)", "values": show(evidence)})
         tables.append({"shape": shape, "unit": units.get(shape, "size"), "rows": rows})
+    relative = section.get("relative_curves") or {}
+    relative_tables = [
+        {
+            "shape": shape,
+            "unit": units.get(shape, "size"),
+            "rows": [{"name": m, "values": show(relative[m][shape])} for m in models],
+        }
+        for shape in shapes
+        if relative and all(m in relative for m in models)
+    ]
     cell_rows = [
         {
             "model": c["model"],
@@ -260,6 +270,7 @@ def map_context(section: Mapping[str, Any]) -> dict[str, Any]:
         "features": section.get("features_scored"),
         "curves_figure": curves_png,
         "curve_tables": tables,
+        "relative_tables": relative_tables,
         "heatmaps": heatmaps,
         "cell_count": len(cells),
         "cells": cell_rows,

@@ -250,12 +250,15 @@ def summarize_map(
     volume; per model, shape and contrast the smallest recovered size (and for ``r₀``).
 
     Returns:
-        ``{"models", "volumes", "slices", "cells", "curves", "evidence"}``: ``cells`` one dict per
+        ``{"models", "volumes", "slices", "cells", "curves", "evidence",
+        "relative_curves"}``: ``cells`` one dict per
         (model, cell) with ``model``, ``shape``, ``size``, ``contrast``, ``n`` (finite features),
         ``clusters``, ``r`` and ``r0`` (:func:`~mri_audit.map_stats.clustered_mean`) and
         ``erasure`` (:func:`~mri_audit.stats.clustered_rate`); ``curves[model][shape]`` and
         ``evidence[shape]`` the smallest size reaching ``threshold`` at each contrast (None
-        where none does), in the grid's contrast order.
+        where none does), in the grid's contrast order; ``relative_curves[model][shape]`` the
+        same read of mean ``r`` / mean ``r₀`` (the share of the data's evidence the model shows;
+        cells with mean ``r₀`` below 0.01 carry none and never count).
     """
     draws = grid.draws
     labels = [v for v in samples.volumes for _ in range(draws)]
@@ -296,6 +299,17 @@ def summarize_map(
             for c in grid.contrasts
         ]
 
+    def relative(model: str, shape: str) -> list:
+        # Mean r over mean r₀: the share of what the data carries that the model shows.
+        sizes = grid.sizes_of(shape)
+        ratios = {
+            (z, c): _ratio(means[(model, Cell(shape, z, c))]) for z in sizes for c in grid.contrasts
+        }
+        return [
+            smallest_recovered(sizes, [ratios[(z, c)] for z in sizes], threshold)
+            for c in grid.contrasts
+        ]
+
     first = samples.models[0] if samples.models else None
     return {
         "models": list(samples.models),
@@ -305,7 +319,18 @@ def summarize_map(
         "curves": {m: {s: curve(m, s, "r") for s in grid.shapes} for m in samples.models},
         # r₀ does not depend on the model (same features, same data and masks): one curve.
         "evidence": {s: curve(first, s, "r0") for s in grid.shapes} if first else {},
+        "relative_curves": {
+            m: {s: relative(m, s) for s in grid.shapes} for m in samples.models
+        },
     }
+
+
+def _ratio(mean: Mapping[str, float | None]) -> float | None:
+    """Mean ``r`` over mean ``r₀`` (None when ``r₀`` is missing or below 0.01: no evidence)."""
+    r, r0 = mean["r"], mean["r0"]
+    if r is None or r0 is None or not math.isfinite(r0) or r0 < 0.01:
+        return None
+    return r / r0
 
 
 def recovery_map(

@@ -55,8 +55,11 @@ def resolve_results(path: str | Path) -> Path:
     return path / "results.json" if path.is_dir() else path
 
 
-def require_complete(path: str | Path) -> None:
+def require_complete(path: str | Path) -> dict:
     """Refuse an audit whose final files were not all written (``complete`` is false).
+
+    Returns:
+        The checked ``results.json`` content.
 
     Raises:
         DataError: the audit was interrupted while writing its final files (exit 4).
@@ -68,6 +71,7 @@ def require_complete(path: str | Path) -> None:
             f"the audit in {path.parent} is incomplete: it was interrupted while writing its "
             "final files; run the same command again with --resume to finish it"
         )
+    return results
 
 
 def load_results(path: Path) -> dict:

@@ -119,6 +119,7 @@ def methodology(
     steps = config.get("feature_steps")
     if isinstance(steps, (list, tuple)):
         steps = f"{steps[0]}–{steps[1]} (drawn uniformly per feature)"
+    feature = config.get("feature") or "walk"
     accel = config.get("accel")
     cf = config.get("center_fraction")
     if cf is None and accel:
@@ -146,9 +147,42 @@ def methodology(
         "tau": values["paper"]["threshold"],
         "epsilon": values["paper"]["ip_epsilon"],
         "steps": steps,
+        "feature": feature,
+        "feature_size": _feature_size(config, feature),
         "window": win,
         "accel": "n/a" if accel is None else format(accel, "g"),
         "center_fraction": cf,
         "attacks": ", ".join(config.get("attacks", [])),
         "attack_options": json.dumps(config.get("attack_options") or {}, sort_keys=True),
     }
+
+
+def _feature_size(config: dict, feature: str) -> str:
+    """A disk's radius or a line's length and width as the attacks used them (text).
+
+    Attack parameters (``--attack-param NAME.feature_size=``) win over ``--feature-size``; when
+    the FNAF attacks differ, each one's value is named.
+    """
+    if feature == "walk":
+        return ""
+    from mri_audit.shapes import DEFAULT_SIZE
+
+    options = config.get("attack_options") or {}
+    fnaf = [a for a in config.get("attacks", []) if a.startswith("fnaf")]
+
+    def value(attack: str, key: str, default: float) -> float:
+        for found in ((options.get(attack) or {}).get(key), config.get(key)):
+            if found is not None:
+                return float(found)
+        return float(default)
+
+    def text(attack: str) -> str:
+        size = value(attack, "feature_size", DEFAULT_SIZE[feature])
+        if feature == "disk":
+            return f"radius {size:g} px"
+        return f"length {size:g} px, width {value(attack, 'feature_width', 1.0):g} px"
+
+    texts = {a: text(a) for a in fnaf} or {"": text("")}
+    if len(set(texts.values())) == 1:
+        return next(iter(texts.values()))
+    return "; ".join(f"{t} ({a})" for a, t in texts.items())

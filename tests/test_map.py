@@ -129,6 +129,31 @@ def test_zero_filled_recovers_exactly_what_the_data_carries(zero_and_median):
         assert c["erasure"]["value"] == 0 and c["erasure"]["count"] == 0, key
     assert section["curves"]["zf"] == section["evidence"]
     assert section["features_scored"] == 2 * 4 * 12 * 2
+    # Relative to the data, zero-filling shows everything it carries: r / r0 = 1 in every cell,
+    # so its relative curve is the smallest size of the grid wherever r0 is not ~0.
+    grid_sizes = {"walk": 3, "disk": 1, "line": 4}
+    for shape, values in section["relative_curves"]["zf"].items():
+        assert values == [grid_sizes[shape]] * 2, shape
+
+
+def test_relative_curve_reads_mean_r_over_mean_r0():
+    """Hand case: sizes 1, 2, 4 at one contrast; r/r0 = 0.15/0.4, 0.3/0.5, 0.4/0.6 reaches 0.5 at
+    size 2 relative to the data, while r >= 0.5 is never reached; r0 below 0.01 never counts."""
+    from mri_audit.map_grid import MapGrid
+    from mri_audit.recovery_map import MapSamples, summarize_map
+
+    grid = MapGrid.make(["disk"], {"disk": [1, 2, 4]}, [0.5], draws=1)
+    cells = grid.cells()
+    r = np.array([0.15, 0.3, 0.4], dtype=np.float64).reshape(1, 1, 3, 1)
+    r0 = np.array([0.4, 0.5, 0.6], dtype=np.float64).reshape(1, 1, 3, 1)
+    hit = np.zeros_like(r, dtype=bool)
+    samples = MapSamples(("m",), tuple(cells), ("v",), (0,), r, r0, hit)
+    section = summarize_map(samples, grid)
+    assert section["curves"]["m"]["disk"] == [None]
+    assert section["relative_curves"]["m"]["disk"] == [2]
+    r0_low = np.array([0.005, 0.005, 0.6]).reshape(1, 1, 3, 1)
+    low = MapSamples(("m",), tuple(cells), ("v",), (0,), r, r0_low, hit)
+    assert summarize_map(low, grid)["relative_curves"]["m"]["disk"] == [4]
 
 
 def test_median_filter_loses_every_feature_below_its_window(zero_and_median):
@@ -142,6 +167,7 @@ def test_median_filter_loses_every_feature_below_its_window(zero_and_median):
         assert c["erasure"]["count"] == c["erasure"]["total"] == 8, key
         assert c["r"]["mean"] < 0.3 and c["r0"]["mean"] > 0.3, key
     assert zero_and_median["curves"]["median"]["line"] == [None, None]
+    assert 4 not in zero_and_median["relative_curves"]["median"]["line"]  # the 4-px line is lost
 
 
 def test_blur_width_grows_the_smallest_recovered_disk(dataset):
@@ -300,6 +326,7 @@ def cli_map(tmp_path_factory) -> Path:
     result = CliRunner().invoke(cli, ["map", *models, *ARGS, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "Smallest size with mean r >= 0.5" in result.output
+    assert "Smallest size with mean r >= 0.5 x mean r0 (relative to the data)" in result.output
     return out
 
 
@@ -331,6 +358,13 @@ def test_cli_writes_csv_results_and_report(cli_map):
     result = CliRunner().invoke(cli, ["report", str(cli_map / "results.json")])
     assert result.exit_code == 0, result.output
     assert (cli_map / "report.html").read_text() == html
+    # A map has no journal to re-read under another criterion: one line, exit 2.
+    reread = CliRunner().invoke(
+        cli, ["report", str(cli_map / "results.json"), "--criterion", "paper"]
+    )
+    assert reread.exit_code == 2, reread.output
+    assert "is a feature-recovery map, not an audit" in reread.output
+    assert "records.jsonl" not in reread.output and len(reread.output.strip().splitlines()) == 1
 
 
 def test_cli_refuses_an_existing_map_unless_forced(cli_map, tmp_path):

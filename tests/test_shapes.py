@@ -281,6 +281,11 @@ def test_run_feature_disk_end_to_end(tmp_path):
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     sizes = {r["attack"]: len(r["feature"]["rows"]) for r in records if r.get("feature")}
     assert sizes == {"fnaf-rs": 37, "fnaf-pgd": 21}  # radius 3 (default) and radius 2
+    # The report's methodology names the shape and each attack's size, not a random walk.
+    html = (out / "report.html").read_text()
+    feature = html.split('id="method-feature">', 1)[1].split("</dd>", 1)[0]
+    assert "A disk (radius 3 px (fnaf-rs); radius 2 px (fnaf-pgd))" in feature
+    assert "random walk" not in feature
     bad = CliRunner().invoke(cli, [*args[:5], "--feature-steps", "5", "--out", str(tmp_path / "b")])
     assert bad.exit_code != 0 and "feature_size" in bad.output
 

@@ -132,10 +132,27 @@ def _table(section: dict) -> str:
         lines.append(f"{shape} {unit}".ljust(width) + "".join(f"{c:>7g}" for c in contrasts))
         rows = [(m, section["curves"][m][shape]) for m in section["models"]]
         rows.append((evidence, section["evidence"].get(shape, [])))
-        for name, values in rows:
-            cells = "".join(f"{'-' if v is None else format(v, 'g'):>7}" for v in values)
-            lines.append(name.ljust(width) + cells)
+        lines.extend(_rows(rows, width))
+    relative = section.get("relative_curves")
+    if relative:
+        lines.append("")
+        lines.append(
+            f"Smallest size with mean r >= {grid['threshold']:g} x mean r0 (relative to the data):"
+        )
+        for shape in grid["shapes"]:
+            unit = grid["size_units"].get(shape, "size")
+            lines.append("")
+            lines.append(f"{shape} {unit}".ljust(width) + "".join(f"{c:>7g}" for c in contrasts))
+            lines.extend(_rows([(m, relative[m][shape]) for m in section["models"]], width))
     return "\n".join(lines)
+
+
+def _rows(rows: list, width: int) -> list[str]:
+    """One text line per (name, sizes) row; '-' where no size was recovered."""
+    return [
+        name.ljust(width) + "".join(f"{'-' if v is None else format(v, 'g'):>7}" for v in values)
+        for name, values in rows
+    ]
 
 
 def execute(opts: dict, command_line: list[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from mri_audit.errors import MriAuditError
+from mri_audit.errors import MriAuditError, UsageError
 
 
 @click.command("report")
@@ -68,7 +68,13 @@ def report(
     try:
         from mri_audit.report import require_complete
 
-        require_complete(results)
+        checked = require_complete(results)
+        if reread and checked.get("kind") == "map":
+            raise UsageError(
+                f"{results} is a feature-recovery map, not an audit: --criterion, --margin, "
+                "--min-recovery and --threshold re-read an audit's records; run `mri-audit map` "
+                "again with --margin to change the map's erasure rule"
+            )
         if not reread:
             from mri_audit.report import render_report
 
