@@ -319,9 +319,7 @@ def summarize_map(
         "curves": {m: {s: curve(m, s, "r") for s in grid.shapes} for m in samples.models},
         # r₀ does not depend on the model (same features, same data and masks): one curve.
         "evidence": {s: curve(first, s, "r0") for s in grid.shapes} if first else {},
-        "relative_curves": {
-            m: {s: relative(m, s) for s in grid.shapes} for m in samples.models
-        },
+        "relative_curves": {m: {s: relative(m, s) for s in grid.shapes} for m in samples.models},
     }
 
 
