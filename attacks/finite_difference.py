@@ -6,9 +6,9 @@ import numbers
 
 import torch
 
-from mri_audit.attack import FnafAttack
-from mri_audit.engine import FnafEngine, Scores
-from mri_audit.features import FeatureBatch, SliceContext
+from mri_audit.fnaf.attack import FnafAttack
+from mri_audit.fnaf.engine import FnafEngine, Scores
+from mri_audit.fnaf.features import FeatureBatch, SliceContext
 
 
 class FiniteDifference(FnafAttack):

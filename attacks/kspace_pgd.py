@@ -7,8 +7,8 @@ import numbers
 import numpy as np
 import torch
 
-from mri_audit.degradation import DegradationAttack
-from mri_audit.features import SliceContext
+from mri_audit.fnaf.degradation import DegradationAttack
+from mri_audit.fnaf.features import SliceContext
 
 
 class KspacePGD(DegradationAttack):

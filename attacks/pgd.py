@@ -7,9 +7,9 @@ import numbers
 import torch
 
 from attacks.random_search import RandomSearch
-from mri_audit.engine import FnafEngine, Scores
-from mri_audit.features import FeatureBatch, SliceContext
-from mri_audit.metrics import ring4
+from mri_audit.fnaf.engine import FnafEngine, Scores
+from mri_audit.fnaf.features import FeatureBatch, SliceContext
+from mri_audit.mri.metrics import ring4
 
 
 class FnafPGD(RandomSearch):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from mri_audit.attack import FnafAttack
-from mri_audit.engine import FnafEngine, Scores
-from mri_audit.features import FeatureBatch, SliceContext
+from mri_audit.fnaf.attack import FnafAttack
+from mri_audit.fnaf.engine import FnafEngine, Scores
+from mri_audit.fnaf.features import FeatureBatch, SliceContext
 
 
 def candidate_grid(ctx: SliceContext, count: int, first: int = 0):
@@ -25,7 +25,7 @@ class RandomSearch(FnafAttack):
     """Random search: draw ``candidates`` random features per slice, keep the best.
 
     The features are the attack's ``feature`` shape (a random walk by default; a disk or a line,
-    see :mod:`mri_audit.shapes`), keyed by (seed, volume, slice, candidate).
+    see :mod:`mri_audit.fnaf.shapes`), keyed by (seed, volume, slice, candidate).
 
     The criterion's best admissible candidate is selected by :meth:`FnafAttack.attack`; the
     candidates themselves do not depend on the criterion.

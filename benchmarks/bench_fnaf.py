@@ -25,12 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mri_audit.autobatch import choose_batch_size  # noqa: E402
-from mri_audit.data import SyntheticDataset, collate  # noqa: E402
+from mri_audit.data.datasets import SyntheticDataset, collate  # noqa: E402
 from mri_audit.device import resolve_device  # noqa: E402
-from mri_audit.engine import FnafEngine  # noqa: E402
-from mri_audit.features import prepare_context  # noqa: E402
-from mri_audit.physics import (  # noqa: E402
+from mri_audit.fnaf.autobatch import choose_batch_size  # noqa: E402
+from mri_audit.fnaf.engine import FnafEngine  # noqa: E402
+from mri_audit.fnaf.features import prepare_context  # noqa: E402
+from mri_audit.fnaf.registry import load_attack  # noqa: E402
+from mri_audit.models.estimator import Reconstructor  # noqa: E402
+from mri_audit.mri.physics import (  # noqa: E402
     center_crop,
     fft2c,
     ifft2c,
@@ -38,8 +40,6 @@ from mri_audit.physics import (  # noqa: E402
     rss,
     volume_seed,
 )
-from mri_audit.reconstructor import Reconstructor  # noqa: E402
-from mri_audit.registry import load_attack  # noqa: E402
 
 
 def load_unet(chans: int, pools: int):

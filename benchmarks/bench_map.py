@@ -2,7 +2,7 @@
 
 * **floor**: the model's own forward pass on pre-built inputs at the same batch size (no feature
   drawing, insertion, FFTs, recovery or statistics): no implementation of the map can beat it.
-* **map**: :func:`mri_audit.recovery_map.recovery_map` end to end on the same slices (slice
+* **map**: :func:`mri_audit.audit.recovery_map.recovery_map` end to end on the same slices (slice
   contexts, feature drawing for every cell and draw, insertion, FFTs, the engine's batched model
   passes, ``r``, ``r₀``, the erasure hits, and the clustered statistics of every cell).
 
@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mri_audit.autobatch import choose_batch_size  # noqa: E402
-from mri_audit.data import SyntheticDataset, collate  # noqa: E402
+from mri_audit.audit.recovery_map import DEFAULT_CONTRASTS, MapGrid, recovery_map  # noqa: E402
+from mri_audit.data.datasets import SyntheticDataset, collate  # noqa: E402
 from mri_audit.device import resolve_device  # noqa: E402
-from mri_audit.physics import make_mask_func  # noqa: E402
-from mri_audit.reconstructor import Reconstructor  # noqa: E402
-from mri_audit.recovery_map import DEFAULT_CONTRASTS, MapGrid, recovery_map  # noqa: E402
+from mri_audit.fnaf.autobatch import choose_batch_size  # noqa: E402
+from mri_audit.models.estimator import Reconstructor  # noqa: E402
+from mri_audit.mri.physics import make_mask_func  # noqa: E402
 
 
 def load_unet(chans: int, pools: int) -> torch.nn.Module:

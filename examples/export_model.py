@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mri_audit.exported import DOMAIN_FILE, quiet_torchscript
-from mri_audit.plugins import load_model, parse_model_args
+from mri_audit.models.exported import DOMAIN_FILE, quiet_torchscript
+from mri_audit.models.loading import load_model, parse_model_args
 
 __all__ = ["example_inputs", "export_program", "export_torchscript", "export", "main"]
 

@@ -10,7 +10,8 @@ Usage::
         --weights examples/weights/unet_4x.pt --out unet_4x.ts
     mri-audit run --model unet_4x.ts --accel 4
 
-The model is loaded exactly as mri-audit loads it (:func:`mri_audit.plugins.load_model`), put in
+The model is loaded exactly as mri-audit loads it (:func:`mri_audit.models.loading.load_model`),
+put in
 eval mode and compiled with ``torch.jit.script``. When scripting fails, it is traced instead with
 an example input of the model's domain (a traced model is fixed to that control flow: prefer
 scripting). The ``mri_audit_input`` attribute is kept on the exported module so
@@ -28,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mri_audit.exported import quiet_torchscript
-from mri_audit.plugins import load_model, parse_model_args
+from mri_audit.models.exported import quiet_torchscript
+from mri_audit.models.loading import load_model, parse_model_args
 
 __all__ = ["export", "example_inputs", "main"]
 

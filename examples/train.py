@@ -44,16 +44,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mri_audit.data import BUILTIN_TRAIN, BUILTIN_VAL, SyntheticDataset, iter_batches
-from mri_audit.metrics import VolumeMetrics
-from mri_audit.physics import (
+from mri_audit.data.datasets import BUILTIN_TRAIN, BUILTIN_VAL, SyntheticDataset, iter_batches
+from mri_audit.models.estimator import Reconstructor
+from mri_audit.models.loading import load_model
+from mri_audit.mri.metrics import VolumeMetrics
+from mri_audit.mri.physics import (
     default_center_fraction,
     make_mask_func,
     mask_to_tensor,
     volume_seed,
 )
-from mri_audit.plugins import load_model
-from mri_audit.reconstructor import Reconstructor
 
 __all__ = ["MODELS", "build", "train", "evaluate", "write_card", "refresh_readme", "main"]
 

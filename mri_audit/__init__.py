@@ -10,7 +10,7 @@ __all__ = ["__version__", "Reconstructor"]
 def __getattr__(name: str):
     # The estimator pulls in ART (slow to import); load it only when asked for.
     if name == "Reconstructor":
-        from mri_audit.reconstructor import Reconstructor
+        from mri_audit.models.estimator import Reconstructor
 
         return Reconstructor
     raise AttributeError(f"module 'mri_audit' has no attribute {name!r}")

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import pytest
 
-from mri_audit.phantoms import synth_dataset
+from mri_audit.data.phantoms import synth_dataset
 
 
 class FastMRIDirs(NamedTuple):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mri_audit.features import prepare_context
-from mri_audit.physics import fft2c, make_mask_func, volume_seed
-from mri_audit.reconstructor import Reconstructor
+from mri_audit.fnaf.features import prepare_context
+from mri_audit.models.estimator import Reconstructor
+from mri_audit.mri.physics import fft2c, make_mask_func, volume_seed
 
 
 def smooth_slices(b: int = 3, h: int = 48, w: int = 40, coils: int = 1, seed: int = 0):

@@ -1,8 +1,8 @@
 """A realistic fake audit folder (results.json, records.csv, audit_images.npz) for report tests.
 
 The records are synthetic but shaped exactly like the auditor's; the aggregates, the worst cases
-and the files are produced by the project's own code (:mod:`mri_audit.results`,
-:func:`mri_audit.panels.worst_records`), so the folder matches what ``mri-audit run`` writes.
+and the files are produced by the project's own code (:mod:`mri_audit.audit.aggregates`,
+:func:`mri_audit.audit.panels.worst_records`), so the folder matches what ``mri-audit run`` writes.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mri_audit.criteria import CRITERIA, QUANTITIES, make_criterion
-from mri_audit.journal import Journal, to_jsonable
-from mri_audit.outputs import build_results
-from mri_audit.results import aggregate, atomic_write, write_csv, write_json
+from mri_audit.audit.aggregates import aggregate
+from mri_audit.audit.journal import Journal
+from mri_audit.audit.outputs import build_results
+from mri_audit.files import atomic_write, to_jsonable, write_json
+from mri_audit.fnaf.criteria import CRITERIA, QUANTITIES, make_criterion
+from mri_audit.report.records_csv import write_csv
 
 __all__ = ["build_audit_folder", "FNAF_ATTACKS"]
 
@@ -222,7 +224,7 @@ def build_audit_folder(
     Returns:
         the path of ``results.json``.
     """
-    from mri_audit.panels import worst_records
+    from mri_audit.audit.panels import worst_records
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from mri_audit.attack import FnafAttack, result_records
-from mri_audit.engine import FnafEngine
-from mri_audit.features import decode_features, paint
-from mri_audit.reconstructor import Reconstructor
-from mri_audit.registry import available_attacks, load_attack
+from mri_audit.fnaf.attack import FnafAttack, result_records
+from mri_audit.fnaf.engine import FnafEngine
+from mri_audit.fnaf.features import decode_features, paint
+from mri_audit.fnaf.registry import available_attacks, load_attack
+from mri_audit.models.estimator import Reconstructor
 from tests.fnaf_helpers import Blur, Identity, TinyUnetish, context, estimator, smooth_slices
 
 FNAF = ("fnaf-rs", "fnaf-fd", "fnaf-pgd")
@@ -146,8 +146,8 @@ def test_heavy_blur_has_high_attack_rate(slices):
 def test_control_is_the_same_search_with_no_feature(slices):
     """The control: the clean reconstruction's L over each candidate's region, best per slice."""
     from attacks.random_search import candidate_grid
-    from mri_audit.features import random_walks
-    from mri_audit.metrics import fnaf_region, region_loss
+    from mri_audit.fnaf.features import random_walks
+    from mri_audit.mri.metrics import fnaf_region, region_loss
 
     ctx = context(slices)
     est = estimator(TinyUnetish(), ctx.target_shape)

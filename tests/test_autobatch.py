@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mri_audit.autobatch import MAX_BATCH, batch_from_memory, choose_batch_size, cpu_batch
 from mri_audit.cli import cli
-from mri_audit.data import SliceDataset, collate
-from mri_audit.physics import make_mask_func
-from mri_audit.reconstructor import Reconstructor
+from mri_audit.data.datasets import SliceDataset, collate
+from mri_audit.fnaf.autobatch import MAX_BATCH, batch_from_memory, choose_batch_size, cpu_batch
+from mri_audit.models.estimator import Reconstructor
+from mri_audit.mri.physics import make_mask_func
 
 NET = """
 import torch
@@ -54,7 +54,7 @@ def test_cpu_batch_by_image_size(singlecoil_dir):
 
 def test_measurement_runs_the_engine_at_two_sizes(singlecoil_dir):
     """The GPU measurement's work, on the CPU, with a fake peak-memory reader."""
-    from mri_audit.autobatch import _measure
+    from mri_audit.fnaf.autobatch import _measure
 
     ds = SliceDataset(singlecoil_dir, max_slices=1)
     model = torch.nn.Conv2d(1, 1, 3, padding=1)

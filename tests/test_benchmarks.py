@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mri_audit.autobatch import cpu_batch
+from mri_audit.fnaf.autobatch import cpu_batch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fnaf.py"
 

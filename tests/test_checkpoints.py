@@ -16,10 +16,10 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from mri_audit.checkpoints import DATA_ONLY_GLOBALS, read_checkpoint
 from mri_audit.cli import cli
 from mri_audit.errors import ModelError
-from mri_audit.plugins import load_model, parse_model_args
+from mri_audit.models.checkpoints import DATA_ONLY_GLOBALS, read_checkpoint
+from mri_audit.models.loading import load_model, parse_model_args
 
 UNET_ARGS = ["in_chans=1", "out_chans=1", "chans=4", "num_pool_layers=2"]
 VARNET_ARGS = ["num_cascades=1", "chans=4", "pools=2", "sens_chans=2", "sens_pools=2"]
@@ -224,7 +224,7 @@ def test_prefixes_are_stripped_when_they_make_the_keys_fit(tmp_path, caplog, pay
     net = _Net()
     torch.save(payload(net.state_dict()), tmp_path / "w.pt")
     target = _Net()
-    from mri_audit.weights import apply_weights
+    from mri_audit.models.weights import apply_weights
 
     with caplog.at_level(logging.WARNING, logger="mri_audit"):
         apply_weights(target, tmp_path / "w.pt", "net.py:Net")
@@ -238,7 +238,7 @@ def test_fitting_keys_are_not_touched(tmp_path, caplog):
     outer = nn.Module()
     outer.module = _Net()
     torch.save(outer.state_dict(), tmp_path / "w.pt")
-    from mri_audit.weights import apply_weights
+    from mri_audit.models.weights import apply_weights
 
     target = nn.Module()
     target.module = _Net()
@@ -252,7 +252,7 @@ def test_two_fitting_prefixes_are_refused(tmp_path):
     sd = _Net().state_dict()
     both = {**{f"model.{k}": v for k, v in sd.items()}, **{f"ema.{k}": v for k, v in sd.items()}}
     torch.save({"state_dict": both}, tmp_path / "w.pt")
-    from mri_audit.weights import apply_weights
+    from mri_audit.models.weights import apply_weights
 
     with pytest.raises(
         ModelError, match="more than one model that fits Net .the keys under 'ema.'"

@@ -121,7 +121,7 @@ def _python(code: str, env: dict[str, str | None]) -> subprocess.CompletedProces
 CHECK = textwrap.dedent("""
     import json, os, sys
     before = os.environ.get("HOME")
-    import mri_audit.attack
+    import mri_audit.fnaf.attack
     import art
     print(json.dumps({"home": os.environ.get("HOME"), "before": before,
                       "data": art.config.ART_DATA_PATH,
@@ -186,5 +186,5 @@ def test_modules_import_art_only_through_artsetup(path, request):
     if rel in _PENDING:
         request.applymarker(pytest.mark.xfail(reason="pending: import through artsetup"))
     assert not _DIRECT.search(path.read_text(encoding="utf-8")), (
-        f"{rel} imports ART directly; use `from mri_audit.artsetup import ...`"
+        f"{rel} imports ART directly; use `from mri_audit.models.art_setup import ...`"
     )

@@ -220,7 +220,7 @@ def test_exported_program_audit_end_to_end(tmp_path):
     the program in the model's identity and no deprecation warning from torch."""
     import json
 
-    from mri_audit.weights import sha256_file
+    from mri_audit.hashing import sha256_file
 
     examples = _load_example("export_model")
     program = tmp_path / "unet.pt2"
@@ -243,7 +243,7 @@ def test_torchscript_audit_has_no_deprecation_warnings(tmp_path):
 
     path = tmp_path / "model.py"
     path.write_text(GOOD)
-    from mri_audit.plugins import load_model
+    from mri_audit.models.loading import load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -256,7 +256,7 @@ def test_torchscript_audit_has_no_deprecation_warnings(tmp_path):
 def test_exported_program_of_another_size_is_one_line(tmp_path):
     path = tmp_path / "model.py"
     path.write_text(GOOD)
-    from mri_audit.plugins import load_model
+    from mri_audit.models.loading import load_model
 
     net = load_model(f"{path}:Net").module.eval()
     program = torch.export.export(net, (torch.randn(1, 1, 32, 32),))

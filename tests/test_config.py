@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from mri_audit.cli import cli
+from mri_audit.cli.config_files import read_config
 from mri_audit.cli.run import run
-from mri_audit.config import read_config
 from mri_audit.errors import UsageError
 
 

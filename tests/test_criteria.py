@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mri_audit.attack import result_records
-from mri_audit.criteria import (
+from mri_audit.audit.aggregates import reread, wilson
+from mri_audit.data.datasets import SyntheticDataset, collate
+from mri_audit.fnaf.attack import result_records
+from mri_audit.fnaf.criteria import (
     REFERENCE_AREA,
     Erasure,
     Paper,
@@ -19,13 +21,11 @@ from mri_audit.criteria import (
     all_criteria,
     make_criterion,
 )
-from mri_audit.data import SyntheticDataset, collate
-from mri_audit.engine import FnafEngine
-from mri_audit.features import insert, paint, prepare_context, random_walks
-from mri_audit.metrics import fnaf_region, region_loss
-from mri_audit.physics import center_crop, ifft2c, make_mask_func, rss, volume_seed
-from mri_audit.registry import load_attack
-from mri_audit.results import reread, wilson
+from mri_audit.fnaf.engine import FnafEngine
+from mri_audit.fnaf.features import insert, paint, prepare_context, random_walks
+from mri_audit.fnaf.registry import load_attack
+from mri_audit.mri.metrics import fnaf_region, region_loss
+from mri_audit.mri.physics import center_crop, ifft2c, make_mask_func, rss, volume_seed
 from tests.fnaf_helpers import Blur, Identity, TinyUnetish, context, estimator, smooth_slices
 
 FNAF = ("fnaf-rs", "fnaf-fd", "fnaf-pgd")

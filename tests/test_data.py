@@ -1,4 +1,6 @@
-"""Tests for mri_audit.data (datasets, batching), mri_audit.fastmri_io and ``mri-audit data``."""
+"""Tests for mri_audit.data.datasets (datasets, batching), mri_audit.data.fastmri_io and
+``mri-audit data``.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from mri_audit.cli import cli
-from mri_audit.data import (
+from mri_audit.data.datasets import (
     BUILTIN_TRAIN,
     BUILTIN_VAL,
     SliceBatch,
@@ -25,10 +27,10 @@ from mri_audit.data import (
     iter_batches,
     open_dataset,
 )
+from mri_audit.data.fastmri_io import parse_ismrmrd_header
+from mri_audit.data.phantoms import make_volume, synth_dataset, write_volume
 from mri_audit.errors import DataError
-from mri_audit.fastmri_io import parse_ismrmrd_header
-from mri_audit.phantoms import make_volume, synth_dataset, write_volume
-from mri_audit.physics import center_crop, ifft2c, rss
+from mri_audit.mri.physics import center_crop, ifft2c, rss
 from tests.conftest import MULTI, SINGLE
 
 
@@ -412,7 +414,7 @@ def test_info_of_good_files_exits_0_and_names_the_target_keys(tmp_path: Path) ->
 
 
 def test_inspect_files_matches_what_an_audit_opens(tmp_path: Path) -> None:
-    from mri_audit.data_info import COMPUTED_RSS, inspect_files
+    from mri_audit.data.info import COMPUTED_RSS, inspect_files
 
     folder = _info_folder(tmp_path)
     reports = {r.path.name: r for r in inspect_files(folder)}

@@ -17,11 +17,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mri_audit import data_checks
 from mri_audit.cli import cli
 from mri_audit.cli.setup import open_data, probe_batch
-from mri_audit.data import SliceDataset, SyntheticDataset, iter_batches, valid_indices
-from mri_audit.data_checks import (
+from mri_audit.data import checks as data_checks
+from mri_audit.data.checks import (
     KSPACE_NONFINITE,
     KSPACE_ZERO,
     MIN_SIDE,
@@ -29,8 +28,9 @@ from mri_audit.data_checks import (
     rss_target,
     size_reason,
 )
+from mri_audit.data.datasets import SliceDataset, SyntheticDataset, iter_batches, valid_indices
+from mri_audit.data.fastmri_io import ismrmrd_header, max_attr_problem
 from mri_audit.errors import DataError
-from mri_audit.fastmri_io import ismrmrd_header, max_attr_problem
 
 MEDIAN = "examples/median_filter.py:MedianFilter"
 N = 32
@@ -447,9 +447,9 @@ def test_check_and_info_count_invalid_slices(tmp_path: Path, half_bad: Path) -> 
 
 
 def test_harden_never_trains_on_invalid_slices(tmp_path: Path, half_bad: Path) -> None:
-    from mri_audit.harden import HardenConfig, Trainer
-    from mri_audit.reconstructor import Reconstructor
-    from mri_audit.registry import load_attack
+    from mri_audit.fnaf.registry import load_attack
+    from mri_audit.harden.trainer import HardenConfig, Trainer
+    from mri_audit.models.estimator import Reconstructor
 
     ds = SliceDataset(half_bad)
     model = torch.nn.Conv2d(1, 1, 3, padding=1)

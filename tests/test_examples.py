@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from mri_audit.data import SliceBatch, SyntheticDataset, collate
-from mri_audit.physics import make_mask_func, mask_to_tensor, volume_seed, zero_filled
-from mri_audit.plugins import load_model
-from mri_audit.reconstructor import Reconstructor
+from mri_audit.data.datasets import SliceBatch, SyntheticDataset, collate
+from mri_audit.models.estimator import Reconstructor
+from mri_audit.models.loading import load_model
+from mri_audit.mri.physics import make_mask_func, mask_to_tensor, volume_seed, zero_filled
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

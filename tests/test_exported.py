@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mri_audit.plugins import load_model
+from mri_audit.models.loading import load_model
 from tests.fixtures.fastmri_like import VarNet
 from tests.test_plugins import NET_SOURCE, image, model_error, write
 
@@ -121,7 +121,7 @@ def test_exported_kspace_program_gets_only_its_arguments(tmp_path: Path) -> None
                    {"masked_kspace": {0: batch}, "mask": {0: batch}})  # fmt: skip
     loaded = load_model(str(path))
     assert loaded.input_domain is None
-    from mri_audit.reconstructor import Reconstructor
+    from mri_audit.models.estimator import Reconstructor
 
     recon = Reconstructor(loaded.module, input_domain="kspace", target_shape=(16, 12))
     complex_k = torch.view_as_complex(kspace * mask)

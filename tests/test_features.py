@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mri_audit.engine import FnafEngine
-from mri_audit.features import (
+from mri_audit.fnaf.engine import FnafEngine
+from mri_audit.fnaf.features import (
     decode_features,
     encode_features,
     insert,
@@ -15,7 +15,7 @@ from mri_audit.features import (
     paint,
     random_walks,
 )
-from mri_audit.metrics import fnaf_region
+from mri_audit.mri.metrics import fnaf_region
 from tests.fnaf_helpers import Identity, context, estimator, smooth_slices
 
 
@@ -59,7 +59,7 @@ def test_walk_depends_only_on_key_not_on_batch():
 
 def test_paint_last_write_wins_and_support():
     ctx = context(smooth_slices(1))
-    from mri_audit.features import FeatureBatch
+    from mri_audit.fnaf.features import FeatureBatch
 
     f = FeatureBatch(
         rows=torch.tensor([[5, 5, 6, 5]]),
@@ -106,7 +106,7 @@ def test_paint_linear_equals_the_quadratic_oracle(steps):
 
 
 def test_encode_keeps_the_valid_pixels_wherever_they_are():
-    from mri_audit.features import FeatureBatch
+    from mri_audit.fnaf.features import FeatureBatch
 
     f = FeatureBatch(
         rows=torch.tensor([[5, 9, 6, 7]]),

@@ -9,16 +9,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mri_audit.blending import blend_alphas, blend_weights
 from mri_audit.cli import cli
-from mri_audit.data import SliceDataset, collate
-from mri_audit.engine import FnafEngine
-from mri_audit.features import prepare_context, random_walks
-from mri_audit.harden import HardenConfig, Trainer
-from mri_audit.losses import image_loss
-from mri_audit.physics import make_mask_func, volume_seed
-from mri_audit.reconstructor import Reconstructor
-from mri_audit.registry import load_attack
+from mri_audit.data.datasets import SliceDataset, collate
+from mri_audit.fnaf.engine import FnafEngine
+from mri_audit.fnaf.features import prepare_context, random_walks
+from mri_audit.fnaf.registry import load_attack
+from mri_audit.harden.blending import blend_alphas, blend_weights
+from mri_audit.harden.losses import image_loss
+from mri_audit.harden.trainer import HardenConfig, Trainer
+from mri_audit.models.estimator import Reconstructor
+from mri_audit.mri.physics import make_mask_func, volume_seed
 
 NET = textwrap.dedent("""
     import torch
@@ -271,7 +271,7 @@ def test_bad_options(tmp_path, harden_dir, extra, code, phrase):
 
 @pytest.mark.parametrize("suffix", [".ts", ".pt2"])
 def test_programs_are_refused_before_any_work(tmp_path, harden_dir, suffix):
-    from mri_audit.exported import quiet_torchscript
+    from mri_audit.models.exported import quiet_torchscript
 
     path = tmp_path / f"m{suffix}"
     if suffix == ".ts":
@@ -512,7 +512,7 @@ def test_selection_needs_its_own_held_out_volumes(tmp_path, harden_dir, singleco
 
 
 def test_builtin_splits_are_disjoint():
-    from mri_audit.data import BUILTIN_SELECT, BUILTIN_VAL, SyntheticDataset
+    from mri_audit.data.datasets import BUILTIN_SELECT, BUILTIN_VAL, SyntheticDataset
 
     seeds = {
         split: {
@@ -546,7 +546,7 @@ def _copy_data(src, dst):
 )
 def test_resume_refuses_another_model_weights_or_data(tmp_path, harden_dir, change, phrase):
     """Each change is refused in one line naming it; the checkpoint is left untouched."""
-    from mri_audit.phantoms import synth_dataset
+    from mri_audit.data.phantoms import synth_dataset
 
     net = tmp_path / "mynet.py"  # _cli_args writes net.py
     (tmp_path / "helper.py").write_text("SCALE = 1.0\n")
@@ -651,7 +651,7 @@ def test_checkpoint_without_identity_is_refused(tmp_path, harden_dir):
 
 
 def test_a_second_harden_on_the_same_out_is_refused(tmp_path, harden_dir):
-    from mri_audit.outlock import hold_lock
+    from mri_audit.audit.outlock import hold_lock
 
     with hold_lock(tmp_path, "mri-audit harden", name=".robust.pt.mri-audit.lock"):
         other = CliRunner().invoke(

@@ -40,7 +40,7 @@ HELPER = "def scale(x):\n    return x * 1.0\n"
 # A k-space model that scribbles over its inputs in place.
 MUTATING = """
 import torch
-from mri_audit.physics import ifft2c, rss, center_crop
+from mri_audit.mri.physics import ifft2c, rss, center_crop
 class Net(torch.nn.Module):
     mri_audit_input = "kspace"
     def __init__(self, mutate=True):
@@ -268,7 +268,7 @@ def test_resume_refuses_changed_data_contents(tmp_path, singlecoil_dir, models):
 def test_resume_refuses_other_code(tmp_path, singlecoil_dir, models, monkeypatch):
     out = tmp_path / "audit"
     _run(singlecoil_dir, models, out)
-    monkeypatch.setattr("mri_audit.identity.code_digest", lambda classes=(): "0" * 64)
+    monkeypatch.setattr("mri_audit.audit.identity.code_digest", lambda classes=(): "0" * 64)
     line = _one_line_error(_run(singlecoil_dir, models, out, "--resume", code=2))
     assert "mri-audit's code or an attack's code changed" in line
 
@@ -307,7 +307,7 @@ def test_kill_during_final_writes_leaves_an_incomplete_audit(
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mri_audit.report.render_report", killed)
+    monkeypatch.setattr("mri_audit.report.html.render_report", killed)
     result = _run(singlecoil_dir, models, out, code=None)
     assert result.exit_code != 0
     assert json.loads((out / "results.json").read_text())["complete"] is False
@@ -340,7 +340,7 @@ def test_disk_full_while_appending_keeps_the_journal_whole(
 ):
     out = tmp_path / "audit"
     # Only the journal's appends fail (the header is written by another path).
-    monkeypatch.setattr("mri_audit.journal.os", types.SimpleNamespace(fsync=_no_space))
+    monkeypatch.setattr("mri_audit.audit.journal.os", types.SimpleNamespace(fsync=_no_space))
     line = _one_line_error(_run(singlecoil_dir, models, out, code=7))
     assert "the disk is full" in line and "--resume" in line
     lines = _journal(out)
@@ -354,7 +354,7 @@ def test_disk_full_writing_the_header_leaves_no_journal(
     tmp_path, singlecoil_dir, models, monkeypatch
 ):
     out = tmp_path / "audit"
-    monkeypatch.setattr("mri_audit.results.os.fsync", _no_space)
+    monkeypatch.setattr("mri_audit.files.os.fsync", _no_space)
     line = _one_line_error(_run(singlecoil_dir, models, out, code=7))
     assert "records.jsonl" in line and "the disk is full" in line
     assert sorted(p.name for p in out.iterdir()) == [".mri-audit.lock"]
@@ -373,7 +373,7 @@ def test_read_only_out_is_refused_before_the_model_loads(
     spy.mkdir()
     (spy / "net.py").write_text(f"open({str(marker)!r}, 'w').close()\n" + NET)
     (spy / "helper.py").write_text(HELPER)
-    monkeypatch.setattr("mri_audit.outdir.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("mri_audit.audit.outdir.tempfile.mkstemp", read_only)
     line = _one_line_error(_run(singlecoil_dir, spy, tmp_path / "audit", code=2))
     assert "is not writable (read-only)" in line
     assert not marker.exists()
@@ -383,7 +383,8 @@ def test_too_little_free_space_is_refused_before_work(
     tmp_path, singlecoil_dir, models, monkeypatch
 ):
     monkeypatch.setattr(
-        "mri_audit.outdir.shutil.disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 1 << 20)
+        "mri_audit.audit.outdir.shutil.disk_usage",
+        lambda p: shutil._ntuple_diskusage(1, 1, 1 << 20),
     )
     line = _one_line_error(_run(singlecoil_dir, models, tmp_path / "audit", code=7))
     assert "1 MiB free" in line
@@ -417,21 +418,21 @@ def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     import hashlib
     import os
 
-    from mri_audit import identity
+    from mri_audit import hashing
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     f = tmp_path / "a.h5"
     f.write_bytes(b"abc")
     calls = []
-    real = identity._sha256_bytes
-    monkeypatch.setattr(identity, "_sha256_bytes", lambda p: calls.append(p) or real(p))
-    assert identity.cached_sha256(f) == hashlib.sha256(b"abc").hexdigest()
-    assert identity.cached_sha256(f) == hashlib.sha256(b"abc").hexdigest()
+    real = hashing.sha256_file
+    monkeypatch.setattr(hashing, "sha256_file", lambda p: calls.append(p) or real(p))
+    assert hashing.cached_sha256(f) == hashlib.sha256(b"abc").hexdigest()
+    assert hashing.cached_sha256(f) == hashlib.sha256(b"abc").hexdigest()
     assert len(calls) == 1  # the second call read the cache
     f.write_bytes(b"abd")  # same size: the new mtime invalidates the entry
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    assert identity.cached_sha256(f) == hashlib.sha256(b"abd").hexdigest()
+    assert hashing.cached_sha256(f) == hashlib.sha256(b"abd").hexdigest()
     assert len(calls) == 2
 
 
@@ -455,7 +456,7 @@ def test_data_synth_into_an_unwritable_place_is_one_line(tmp_path):
 
 
 def test_a_last_line_without_its_newline_is_mended(finished, tmp_path, singlecoil_dir, models):
-    from mri_audit.journal import read_journal
+    from mri_audit.audit.journal import read_journal
 
     out = _copy(finished, tmp_path)
     journal = out / "records.jsonl"
@@ -527,7 +528,7 @@ def test_what_does_not_change_the_numbers_does_not_block_a_resume(
 def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, caplog):
     import fcntl
 
-    from mri_audit.outlock import hold_lock
+    from mri_audit.audit.outlock import hold_lock
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
@@ -539,7 +540,7 @@ def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch, ca
 
 
 def test_identity_changes_are_named():
-    from mri_audit.identity import describe_changes
+    from mri_audit.audit.identity import describe_changes
 
     old = {
         "config": {"seed": 0},
@@ -560,7 +561,7 @@ def test_identity_changes_are_named():
 def test_code_digest_covers_the_classes_an_attack_extends(tmp_path, monkeypatch):
     import importlib
 
-    from mri_audit.identity import code_digest
+    from mri_audit.audit.identity import code_digest
 
     (tmp_path / "base_attack.py").write_text("class Base:\n    pass\n")
     (tmp_path / "child_attack.py").write_text(

@@ -16,19 +16,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mri_audit.cli import cli
-from mri_audit.data import open_dataset
-from mri_audit.map_stats import clustered_mean, smallest_recovered, t_quantile
-from mri_audit.physics import make_mask_func
-from mri_audit.reconstructor import Reconstructor
-from mri_audit.recovery_map import (
+from mri_audit.audit.map_stats import clustered_mean, smallest_recovered, t_quantile
+from mri_audit.audit.recovery_map import (
     Cell,
     MapGrid,
     _shape_features,
     candidate_number,
     recovery_map,
 )
-from mri_audit.report import render_report
+from mri_audit.cli import cli
+from mri_audit.data.datasets import open_dataset
+from mri_audit.models.estimator import Reconstructor
+from mri_audit.mri.physics import make_mask_func
+from mri_audit.report.html import render_report
 from tests.report_fixture import build_audit_folder
 from tests.test_report import CHECKER, _chromium, data_uris
 
@@ -139,8 +139,8 @@ def test_zero_filled_recovers_exactly_what_the_data_carries(zero_and_median):
 def test_relative_curve_reads_mean_r_over_mean_r0():
     """Hand case: sizes 1, 2, 4 at one contrast; r/r0 = 0.15/0.4, 0.3/0.5, 0.4/0.6 reaches 0.5 at
     size 2 relative to the data, while r >= 0.5 is never reached; r0 below 0.01 never counts."""
-    from mri_audit.map_grid import MapGrid
-    from mri_audit.recovery_map import MapSamples, summarize_map
+    from mri_audit.audit.map_grid import MapGrid
+    from mri_audit.audit.recovery_map import MapSamples, summarize_map
 
     grid = MapGrid.make(["disk"], {"disk": [1, 2, 4]}, [0.5], draws=1)
     cells = grid.cells()
@@ -224,8 +224,8 @@ def test_same_seed_same_map_other_seed_other_placements(dataset):
 def test_placements_depend_on_seed_slice_cell_and_draw_only(dataset):
     """A placement is keyed by (seed, volume, slice, cell, draw): the same in a grid with other
     cells and draws, different for another seed."""
-    from mri_audit.features import prepare_context
-    from mri_audit.physics import volume_seed
+    from mri_audit.fnaf.features import prepare_context
+    from mri_audit.mri.physics import volume_seed
 
     sample = dataset[0]
     ctx = prepare_context(

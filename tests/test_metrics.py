@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from mri_audit.metrics import (
+from mri_audit.mri.metrics import (
     VolumeMetrics,
     fnaf_region,
     instance_stats,

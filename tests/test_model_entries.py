@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from mri_audit.cli import cli
 from mri_audit.errors import UsageError
-from mri_audit.model_entries import ModelEntry, entries_from_config, model_entries, parse_compare
+from mri_audit.models.entries import ModelEntry, entries_from_config, model_entries, parse_compare
 
 NET = """
 import torch

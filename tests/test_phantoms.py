@@ -1,4 +1,4 @@
-"""Tests for mri_audit.phantoms: deterministic knee-like volumes and fastMRI files."""
+"""Tests for mri_audit.data.phantoms: deterministic knee-like volumes and fastMRI files."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from mri_audit.phantoms import (
+from mri_audit.data.phantoms import (
     coil_sensitivities,
     derive_seed,
     make_volume,
     synth_dataset,
     write_volume,
 )
-from mri_audit.physics import center_crop, ifft2c, rss
+from mri_audit.mri.physics import center_crop, ifft2c, rss
 
 DISK9 = np.hypot(*np.mgrid[-4:5, -4:5]) <= 4.0  # a 9 px diameter disk
 
@@ -152,7 +152,7 @@ def test_write_volume_is_atomic(tmp_path, monkeypatch) -> None:
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("mri_audit.phantoms.ismrmrd_header", boom)
+    monkeypatch.setattr("mri_audit.data.phantoms.ismrmrd_header", boom)
     with pytest.raises(RuntimeError):
         write_volume(tmp_path / "x.h5", vol, patient_id="p")
     assert list(tmp_path.iterdir()) == []
@@ -180,7 +180,7 @@ def test_one_seed_gives_the_same_anatomy_at_every_size():
     """Only the size-dependent texture differs: shapes, gains, bias, phase and peak agree."""
     import torch.nn.functional as F
 
-    from mri_audit.phantoms import make_volume
+    from mri_audit.data.phantoms import make_volume
 
     small = make_volume(11, slices=2, coils=1, size=160).target
     big = make_volume(11, slices=2, coils=1, size=320).target

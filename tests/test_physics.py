@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mri_audit.physics import (
+from mri_audit.mri.physics import (
     EquispacedMask,
     RandomMask,
     apply_mask,

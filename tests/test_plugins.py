@@ -1,4 +1,4 @@
-"""Tests for mri_audit.plugins: loading user models from files, modules and TorchScript."""
+"""Tests for mri_audit.models.loading: loading user models from files, modules and TorchScript."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from mri_audit.errors import ModelError
-from mri_audit.plugins import (
+from mri_audit.hashing import sha256_file
+from mri_audit.models.loading import (
     LoadedModel,
     load_model,
     load_state_dict,
     parse_model_args,
-    sha256_file,
 )
 from tests.fixtures.fastmri_like import Unet, VarNet
 

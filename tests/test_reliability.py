@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mri_audit.phantoms import synth_dataset
+from mri_audit.data.phantoms import synth_dataset
 
 FLAKY = """
 import time

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from mri_audit.cli.report_cmd import report
 from mri_audit.errors import DataError
-from mri_audit.report import render_report
+from mri_audit.report.html import render_report
 from tests.report_fixture import FNAF_ATTACKS, build_audit_folder
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -441,7 +441,7 @@ def test_paper_audit_shows_control(tmp_path):
 
 
 def _journal(results: Path) -> list[dict]:
-    from mri_audit.journal import Journal
+    from mri_audit.audit.journal import Journal
 
     return [r for r in Journal(results.parent / "records.jsonl").read() if r["kind"] != "header"]
 
@@ -459,9 +459,9 @@ def reread(tmp_path_factory) -> tuple[Path, object]:
 
 
 def test_reread_recounts_from_the_journal(reread):
-    from mri_audit.criteria import make_criterion
-    from mri_audit.journal import to_jsonable
-    from mri_audit.results import aggregate
+    from mri_audit.audit.aggregates import aggregate
+    from mri_audit.files import to_jsonable
+    from mri_audit.fnaf.criteria import make_criterion
 
     results, result = reread
     assert result.exit_code == 0, result.output
@@ -517,7 +517,9 @@ def test_reread_report(reread):
     )
     assert "re-reads its records under the criterion recovery" in text
     # the re-read results re-render to the same report, and the audit's own report is untouched
-    again = render_report(folder / "results.recovery.json", folder / "again.html")
+    from mri_audit.audit.reread import render_reread
+
+    again = render_reread(folder / "results.recovery.json", folder / "again.html")
     assert again.read_text(encoding="utf-8") == html
     assert not (folder / "report.html").exists()
 
@@ -661,8 +663,8 @@ def test_reread_real_audit_equals_fresh_audit(tmp_path):
 def _records(results: Path):
     import pandas as pd
 
-    from mri_audit.report_figures import frame_groups
-    from mri_audit.results import spreadsheet_unsafe
+    from mri_audit.report.records_csv import spreadsheet_unsafe
+    from mri_audit.report.sections import frame_groups
 
     frame = pd.read_csv(results.parent / "records.csv", dtype={"volume": str})
     return frame_groups(spreadsheet_unsafe(frame))
@@ -692,8 +694,8 @@ def test_per_volume_table_recounts_records(audit):
 
 
 def test_rate_curve_is_exact(audit):
-    from mri_audit.criteria import make_criterion
-    from mri_audit.report_curves import rate_curve, threshold_grid
+    from mri_audit.fnaf.criteria import make_criterion
+    from mri_audit.report.curves import rate_curve, threshold_grid
 
     results, res, _ = audit
     groups = _records(results)
@@ -714,8 +716,8 @@ def test_rate_curve_is_exact(audit):
 
 @pytest.mark.parametrize("criterion", ["recovery", "paper"])
 def test_rate_curve_other_criteria(tmp_path, criterion):
-    from mri_audit.outputs import criterion_of
-    from mri_audit.report_curves import THRESHOLD, rate_curve, threshold_grid
+    from mri_audit.fnaf.criteria import criterion_of
+    from mri_audit.report.curves import THRESHOLD, rate_curve, threshold_grid
 
     results = build_audit_folder(tmp_path, criterion=criterion, slices=2, images=False)
     res = json.loads(results.read_text())
@@ -765,7 +767,7 @@ def test_worst_case_ticks_beside_the_feature():
     """The corner ticks never cover a feature pixel: in data units and as drawn."""
     from matplotlib.collections import LineCollection
 
-    from mri_audit.figures import feature_ticks, worst_case_figure
+    from mri_audit.report.figures import feature_ticks, worst_case_figure
 
     images, rows, cols = _case_images()
     ticks = feature_ticks(rows, cols)

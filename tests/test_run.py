@@ -382,7 +382,7 @@ def test_nan_kspace_slices_are_skipped_and_counted(tmp_path, models):
     import h5py
     import numpy as np
 
-    from mri_audit.phantoms import synth_dataset
+    from mri_audit.data.phantoms import synth_dataset
 
     folder = tmp_path / "data"
     (path,) = synth_dataset(folder, volumes=1, slices=3, size=48, coils=1, seed=4)
@@ -465,8 +465,8 @@ def test_model_failures_are_isolated_and_reported(tmp_path, singlecoil_dir):
 def test_records_csv_is_spreadsheet_safe(tmp_path):
     """Formula-looking text gets a leading quote; numbers (negative ones too) stay numbers;
     the report reads the names back unchanged."""
-    from mri_audit.report import AuditInputs, _load_csv_records
-    from mri_audit.results import write_csv
+    from mri_audit.report.html import AuditInputs, _load_csv_records
+    from mri_audit.report.records_csv import write_csv
 
     records = [
         {"model": '=HYPERLINK("x")', "attack": "fnaf-rs", "volume": "-2+3", "slice": 0,

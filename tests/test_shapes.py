@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from attacks.finite_difference import FiniteDifference
 from mri_audit import rng
-from mri_audit.features import decode_features, encode_features, paint, random_walks
-from mri_audit.shapes import SHAPES, check_shape, draw_features
+from mri_audit.fnaf.features import decode_features, encode_features, paint, random_walks
+from mri_audit.fnaf.shapes import SHAPES, check_shape, draw_features
 from tests.fnaf_helpers import Identity, context, estimator, smooth_slices
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from mri_audit.stats import clustered_rate, design_effect, mcnemar, wilson
-from mri_audit.verdict import gate, paired_comparisons
+from mri_audit.audit.stats import clustered_rate, design_effect, mcnemar, wilson
+from mri_audit.audit.verdict import gate, paired_comparisons
 
 
 def test_design_effect_hand_worked():

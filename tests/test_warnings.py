@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from mri_audit.cautions import audit_warnings, slices_needed
-from mri_audit.stats import wilson
+from mri_audit.audit.cautions import audit_warnings, slices_needed
+from mri_audit.audit.stats import wilson
 from tests.test_run import NET, _run, models  # noqa: F401 - the fixture is used
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mri_audit.registry import attack_parameters, available_attacks, load_attack
+from mri_audit.fnaf.registry import attack_parameters, available_attacks, load_attack
 
 
 @click.command("attacks")

@@ -45,9 +45,9 @@ def check(
     from tqdm import tqdm
 
     from mri_audit.cli.setup import build_mask_func, open_data, open_models, resolve_device
-    from mri_audit.data import iter_batches, valid_indices
-    from mri_audit.metrics import VolumeMetrics
-    from mri_audit.physics import mask_to_tensor, volume_seed, zero_filled
+    from mri_audit.data.datasets import iter_batches, valid_indices
+    from mri_audit.mri.metrics import VolumeMetrics
+    from mri_audit.mri.physics import mask_to_tensor, volume_seed, zero_filled
 
     check_acceleration(accel, center_fraction)
     dev = resolve_device(device)

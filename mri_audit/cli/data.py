@@ -80,7 +80,7 @@ def synth(
     prefix: str,
 ) -> None:
     """Write deterministic knee-like phantom volumes as fastMRI HDF5 files."""
-    from mri_audit.phantoms import synth_dataset
+    from mri_audit.data.phantoms import synth_dataset
 
     if kspace_shape is not None and (kspace_shape[0] < size or kspace_shape[1] < size):
         raise click.BadParameter(
@@ -129,7 +129,7 @@ def info(path: Path, max_volumes: int | None, max_slices: int | None) -> None:
     invalid slices, or `bad` with the one-line problem. Then a summary of the good files. Exits
     4 when any file is bad (an audit cannot use the folder), after reporting every file.
     """
-    from mri_audit.data_info import inspect_files
+    from mri_audit.data.info import inspect_files
     from mri_audit.errors import DataError
 
     reports = inspect_files(path, max_volumes=max_volumes, max_slices=max_slices)

@@ -21,14 +21,14 @@ EXIT_INTERRUPTED = 130
 def _datasets(opts):
     """``(train, select, report)``: training data, the held-out slices the kept epoch or blend is
     chosen on, and the held-out slices the before/after audit reports (never the same)."""
-    from mri_audit.data import (
+    from mri_audit.data.datasets import (
         BUILTIN_SELECT,
         BUILTIN_TRAIN,
         BUILTIN_VAL,
         SliceDataset,
         SyntheticDataset,
     )
-    from mri_audit.fastmri_io import resolve_files
+    from mri_audit.data.fastmri_io import resolve_files
 
     lim = {"max_volumes": opts["max_volumes"], "max_slices": opts["max_slices"]}
     val_lim = {"max_slices": opts["max_slices"]}
@@ -78,7 +78,7 @@ def execute(opts: dict, command_line: list[str] | None = None) -> int:
     The main process holds the lock of ``--out``'s folder for the whole run, so a second
     ``harden`` (or ``run``) on it is refused with one line naming the holder.
     """
-    from mri_audit.distributed import init_distributed, shutdown
+    from mri_audit.audit.distributed import init_distributed, shutdown
 
     env, device = init_distributed(opts["device"])
     finished = False
@@ -95,7 +95,7 @@ def execute(opts: dict, command_line: list[str] | None = None) -> int:
 
 def _lock(out: Path):
     """The exclusive lock of the weights file ``--out`` (a lock file beside it)."""
-    from mri_audit.outlock import hold_lock
+    from mri_audit.audit.outlock import hold_lock
 
     folder = out.parent
     try:
@@ -116,7 +116,7 @@ def _start_weights(opts: dict, model, start_path: Path) -> None:
     """On ``--resume`` without ``--weights``, start from the weights the first run started
     from (``<out>.start.pt``), not from a new constructor call."""
     if opts["weights"] is None and opts["resume"] and start_path.exists():
-        from mri_audit.weights import load_state_dict
+        from mri_audit.models.weights import load_state_dict
 
         try:
             model.load_state_dict(load_state_dict(start_path))
@@ -130,6 +130,7 @@ def _start_weights(opts: dict, model, start_path: Path) -> None:
 def _execute(opts: dict, env, device, command_line: list[str]) -> int:
     from tqdm import tqdm
 
+    from mri_audit.audit.distributed import agree, broadcast
     from mri_audit.cli.harden_resume import (
         checkpoint_entries,
         checkpoint_identity,
@@ -137,9 +138,8 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         identified_trainer,
     )
     from mri_audit.cli.setup import build_mask_func, open_models, probe_batch
-    from mri_audit.distributed import agree, broadcast
-    from mri_audit.harden import HardenConfig
-    from mri_audit.registry import load_attack
+    from mri_audit.fnaf.registry import load_attack
+    from mri_audit.harden.trainer import HardenConfig
 
     out = Path(opts["out"])
     checkpoint = out.with_suffix(out.suffix + ".ckpt")
@@ -164,7 +164,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         mask_func=mask_func,
         need_gradient=True,
     )
-    from mri_audit.exported import PROGRAM_KINDS
+    from mri_audit.models.exported import PROGRAM_KINDS
 
     if opened.loaded.kind in PROGRAM_KINDS:
         raise ModelError(
@@ -235,7 +235,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
 
             import torch
 
-            from mri_audit.results import atomic_write
+            from mri_audit.files import atomic_write
 
             buf = io.BytesIO()
             torch.save(opened.estimator.model.state_dict(), buf)
@@ -279,7 +279,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         "select_data": select.describe(),
         "report_data": val.describe(),
     }
-    from mri_audit.results import write_json
+    from mri_audit.files import write_json
 
     write_json(out.with_suffix(out.suffix + ".json"), json.loads(json.dumps(card)))
     code = 0
@@ -306,8 +306,8 @@ def _finished(out: Path, checkpoint: Path, *, keep: bool) -> None:
 
 def add_audit_to_card(out: Path, report_out: Path) -> None:
     """Add the weights' sha256 and the before/after audit's figures to ``<out>.json``."""
-    from mri_audit.plugins import sha256_file
-    from mri_audit.results import write_json
+    from mri_audit.files import write_json
+    from mri_audit.hashing import sha256_file
 
     card_path = out.with_suffix(out.suffix + ".json")
     results_path = Path(report_out) / "results.json"

@@ -1,7 +1,8 @@
 """What makes a ``harden`` checkpoint resumable: the model, its weights and its data.
 
 A checkpoint (``<out>.ckpt``) holds the training settings (checked by
-:meth:`mri_audit.harden.Trainer.load_checkpoint`) and, written here, the run's *identity*: the
+:meth:`mri_audit.harden.trainer.Trainer.load_checkpoint`) and, written here, the run's *identity*:
+the
 ``--model`` spec, the sha256 of the model's file and of every module loaded from its folder, the
 constructor arguments, input domain and normalisation, the sha256 of the starting weights, and
 the training and selection data (every file's sha256). ``harden --resume`` with any of those
@@ -65,13 +66,13 @@ def harden_identity(opts: Mapping[str, Any], opened, train, select) -> dict[str,
 
     Args:
         opts: the command's parsed options.
-        opened: the :class:`~mri_audit.validate.OpenedModel`.
+        opened: the :class:`~mri_audit.models.opening.OpenedModel`.
         train: the training dataset.
         select: the held-out dataset the kept weights are chosen on.
     """
-    from mri_audit.identity import model_sources
-    from mri_audit.plugins import parse_model_args
-    from mri_audit.weights import sha256_file
+    from mri_audit.audit.identity import model_sources
+    from mri_audit.hashing import sha256_file
+    from mri_audit.models.loading import parse_model_args
 
     loaded, est = opened.loaded, opened.estimator
     src = loaded.source_path
@@ -187,13 +188,13 @@ def checkpoint_entries(checkpoint: Path) -> list[dict[str, Any]]:
 
 
 def identified_trainer(identity: Mapping[str, Any], on_save=None) -> type:
-    """A :class:`~mri_audit.harden.Trainer` whose checkpoints hold ``identity``.
+    """A :class:`~mri_audit.harden.trainer.Trainer` whose checkpoints hold ``identity``.
 
     Args:
         identity: from :func:`harden_identity`.
         on_save: called with the trainer after each checkpoint is written.
     """
-    from mri_audit.harden import Trainer
+    from mri_audit.harden.trainer import Trainer
 
     class IdentifiedTrainer(Trainer):
         """Writes the run's identity into every checkpoint."""

@@ -1,7 +1,7 @@
 """``mri-audit map``: the feature-recovery map of one or more models (size × contrast × shape).
 
 Writes ``map.csv`` (one row per model × cell), ``results.json`` (``"kind": "map"``) and
-``report.html`` to ``--out``. The work is in :mod:`mri_audit.recovery_map`; heavy imports wait
+``report.html`` to ``--out``. The work is in :mod:`mri_audit.audit.recovery_map`; heavy imports wait
 until the command runs, so ``mri-audit --help`` stays fast.
 """
 
@@ -58,7 +58,7 @@ def parse_sizes(values: tuple[str, ...]) -> dict[str, list[float]]:
 
 def _grid(opts: dict):
     """The map's grid from the options (one line per bad value)."""
-    from mri_audit.recovery_map import MapGrid
+    from mri_audit.audit.recovery_map import MapGrid
 
     shapes = [s.strip() for s in opts["shapes"].split(",") if s.strip()]
     sizes = parse_sizes(opts["sizes"])
@@ -79,8 +79,8 @@ def _grid(opts: dict):
 
 def _existing(out: Path) -> list[str]:
     """The result files already in ``out``: a map's or an audit's."""
-    from mri_audit.map_report import MAP_FILES
-    from mri_audit.outdir import audit_files
+    from mri_audit.audit.outdir import audit_files
+    from mri_audit.report.map_files import MAP_FILES
 
     found = {f for f in MAP_FILES if (out / f).exists()} | {p.name for p in audit_files(out)}
     return sorted(found)
@@ -98,8 +98,8 @@ def _refuse_existing(out: Path, force: bool) -> None:
 
 def _remove_existing(out: Path) -> None:
     """``--force``: remove the earlier map or audit (just before the new files are written)."""
-    from mri_audit.map_report import MAP_FILES
-    from mri_audit.outdir import remove_audit
+    from mri_audit.audit.outdir import remove_audit
+    from mri_audit.report.map_files import MAP_FILES
 
     remove_audit(out)
     for f in MAP_FILES:
@@ -157,11 +157,11 @@ def _rows(rows: list, width: int) -> list[str]:
 
 def execute(opts: dict, command_line: list[str]) -> None:
     """Compute the map described by the parsed options and write its files."""
+    from mri_audit.audit.outdir import precheck_out, prepare_folder
+    from mri_audit.audit.outlock import hold_lock
     from mri_audit.cli import on_interrupt
     from mri_audit.cli.setup import build_mask_func, open_data, open_entries, resolve_device
-    from mri_audit.model_entries import check_files, model_entries, unique_names
-    from mri_audit.outdir import precheck_out, prepare_folder
-    from mri_audit.outlock import hold_lock
+    from mri_audit.models.entries import check_files, model_entries, unique_names
 
     check_acceleration(opts["accel"], opts["center_fraction"])
     grid = _grid(opts)
@@ -192,7 +192,7 @@ def execute(opts: dict, command_line: list[str]) -> None:
         names = unique_names([o.estimator.name for o in opened])
         batch_size = opts["batch_size"]
         if batch_size is None:
-            from mri_audit.autobatch import choose_batch_size
+            from mri_audit.fnaf.autobatch import choose_batch_size
 
             batch_size = choose_batch_size(
                 [o.estimator for o in opened],
@@ -201,7 +201,7 @@ def execute(opts: dict, command_line: list[str]) -> None:
                 gradient=False,
                 candidates=len(grid.cells()) * grid.draws,
             )
-        from mri_audit.recovery_map import recovery_map
+        from mri_audit.audit.recovery_map import recovery_map
 
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         section = recovery_map(
@@ -235,7 +235,7 @@ def execute(opts: dict, command_line: list[str]) -> None:
         results.update(device=str(device), created=started, command_line=command_line)
         if opts["force"]:
             _remove_existing(out)
-        from mri_audit.map_report import write_map
+        from mri_audit.report.map_files import write_map
 
         write_map(out, results)
     click.echo(_table(section))
@@ -249,9 +249,9 @@ def _results(opts, section, config, opened, entries, names, dataset) -> dict:
     """The map's ``results.json`` with the provenance ``run`` records."""
     import json
 
+    from mri_audit.audit.identity import audit_identity
     from mri_audit.cli.run_impl import _model_info, _versions
-    from mri_audit.identity import audit_identity
-    from mri_audit.map_report import map_results
+    from mri_audit.report.map_files import map_results
 
     models = [_model_info(o, e, n) for o, e, n in zip(opened, entries, names, strict=True)]
     data = dataset.describe()

@@ -66,7 +66,7 @@ def report(
     thresholds = {"margin": margin, "min_recovery": min_recovery, "threshold": threshold}
     reread = criterion is not None or any(v is not None for v in thresholds.values())
     try:
-        from mri_audit.report import require_complete
+        from mri_audit.report.html import require_complete
 
         checked = require_complete(results)
         if reread and checked.get("kind") == "map":
@@ -76,12 +76,12 @@ def report(
                 "again with --margin to change the map's erasure rule"
             )
         if not reread:
-            from mri_audit.report import render_report
+            from mri_audit.audit.reread import render_reread
 
-            click.echo(str(render_report(results, out)))
+            click.echo(str(render_reread(results, out)))
             return
-        from mri_audit.report_reread import reread_audit
-        from mri_audit.tables import attack_table
+        from mri_audit.audit.reread import reread_audit
+        from mri_audit.report.tables import attack_table
 
         path, json_path, reread_results = reread_audit(
             results, criterion, out_path=out, **thresholds

@@ -26,7 +26,11 @@ logger = logging.getLogger(__name__)
 EXIT_ATTACK_RATE = 3
 DEFAULT_OUT = "mri-audit-report"
 DEFAULT_ATTACK_LIST = "fnaf-rs,fnaf-fd,fnaf-pgd"
-FEATURE_SHAPES = ("walk", "disk", "line")  # mri_audit.shapes.SHAPES (not imported: no torch here)
+FEATURE_SHAPES = (
+    "walk",
+    "disk",
+    "line",
+)  # mri_audit.fnaf.shapes.SHAPES (not imported: no torch here)
 MODELS_KEY = "mri_audit.models"  # the [[models]] tables of --config, in ctx.meta
 
 
@@ -34,8 +38,8 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
     """``--config audit.toml``: its keys become the command's defaults; flags still win."""
     if value is None:
         return None
-    from mri_audit.config import read_config
-    from mri_audit.model_entries import entries_from_config
+    from mri_audit.cli.config_files import read_config
+    from mri_audit.models.entries import entries_from_config
 
     settings = read_config(value, ctx.command, tables={"models": entries_from_config})
     models = settings.pop("models", None)
@@ -252,7 +256,7 @@ def run(**opts) -> None:
     Without --data the built-in synthetic phantoms are used.
     """
     from mri_audit.cli.run_impl import execute
-    from mri_audit.model_entries import model_entries
+    from mri_audit.models.entries import model_entries
 
     check_acceleration(opts["accel"], opts["center_fraction"])
     opts["feature_steps"] = _parse_steps(str(opts["feature_steps"]))

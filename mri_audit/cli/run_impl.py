@@ -23,7 +23,7 @@ def _versions() -> dict:
     import numpy
     import torch
 
-    from mri_audit.artsetup import art
+    from mri_audit.models.art_setup import art
 
     return {
         "mri_audit": __version__,
@@ -36,9 +36,10 @@ def _versions() -> dict:
 
 
 def _model_info(opened, entry, name: str) -> dict:
-    from mri_audit.exported import PROGRAM_KINDS
-    from mri_audit.identity import model_sources
-    from mri_audit.plugins import imported_packages, sha256_file
+    from mri_audit.audit.identity import model_sources
+    from mri_audit.hashing import sha256_file
+    from mri_audit.models.exported import PROGRAM_KINDS
+    from mri_audit.models.loading import imported_packages
 
     loaded = opened.loaded
     src = loaded.source_path
@@ -68,7 +69,7 @@ def _model_info(opened, entry, name: str) -> dict:
 
 def _check_resume(header: dict, identity: dict, stored: dict, out: Path) -> None:
     """Refuse to resume a different audit, naming what changed."""
-    from mri_audit.identity import describe_changes, stored_identity
+    from mri_audit.audit.identity import describe_changes, stored_identity
 
     if stored.get("audit") == header["audit"]:
         return
@@ -108,14 +109,14 @@ def _stored_batch_size(previous) -> int | None:
 
 def _read(out: Path, *, repair: bool = False):
     """The audit's validated journal (main file and per-rank shards)."""
-    from mri_audit.journal import read_audit_journal
+    from mri_audit.audit.journal import read_audit_journal
 
     return read_audit_journal(out / "records.jsonl", repair=repair)
 
 
 def execute(opts: dict, command_line: list[str]) -> int:
     """Run the audit described by the parsed options; returns the exit status."""
-    from mri_audit.distributed import init_distributed, shutdown
+    from mri_audit.audit.distributed import init_distributed, shutdown
 
     env, device = init_distributed(opts["device"])
     finished = False
@@ -130,9 +131,9 @@ def execute(opts: dict, command_line: list[str]) -> int:
 
 def _claim_out(out: Path, opts: dict, stack: contextlib.ExitStack):
     """Check ``--out`` and take its lock before any work (rank 0); the resumed journal."""
+    from mri_audit.audit.outdir import check_existing, prepare_folder
+    from mri_audit.audit.outlock import hold_lock
     from mri_audit.cli import on_interrupt
-    from mri_audit.outdir import check_existing, prepare_folder
-    from mri_audit.outlock import hold_lock
 
     prepare_folder(out)
     stack.enter_context(hold_lock(out, "mri-audit run"))  # first the lock, then what it holds
@@ -146,12 +147,12 @@ def _claim_out(out: Path, opts: dict, stack: contextlib.ExitStack):
 
 
 def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
-    from mri_audit.auditor import AuditConfig, AuditModel, Auditor
+    from mri_audit.audit.auditor import AuditConfig, AuditModel, Auditor
+    from mri_audit.audit.distributed import agree, broadcast, gather
+    from mri_audit.audit.journal import Journal, record_key
     from mri_audit.cli.setup import build_mask_func, open_data, open_entries
-    from mri_audit.distributed import agree, broadcast, gather
-    from mri_audit.journal import Journal, record_key
-    from mri_audit.model_entries import unique_names
-    from mri_audit.registry import load_attack
+    from mri_audit.fnaf.registry import load_attack
+    from mri_audit.models.entries import unique_names
 
     out: Path = opts["out"]
     attack_classes = {a: load_attack(a) for a in opts["attacks"]}
@@ -167,11 +168,11 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
             "--max-attack-rate gates on FNAF attack rates, but --attacks "
             f"{','.join(opts['attacks'])} has no FNAF attack; add fnaf-rs, fnaf-fd or fnaf-pgd"
         )
-    from mri_audit.model_entries import check_files, model_entries
+    from mri_audit.models.entries import check_files, model_entries
 
     entries = opts.get("models") or model_entries(opts)
     check_files(entries)  # before the data is read, before anything is written
-    from mri_audit.outdir import precheck_out
+    from mri_audit.audit.outdir import precheck_out
 
     agree(env, lambda: precheck_out(out, resume=opts["resume"], force=opts["force"]))
     if env.is_main:
@@ -210,7 +211,7 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
     if batch_size is None:
         batch_size = _stored_batch_size(previous)
     if batch_size is None:
-        from mri_audit.autobatch import choose_batch_size
+        from mri_audit.fnaf.autobatch import choose_batch_size
 
         batch_size = broadcast(
             env,
@@ -247,7 +248,7 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
     _check_attacks(attack_classes, config, opened[0].estimator)
 
     models_info = [_model_info(o, e, n) for o, e, n in zip(opened, entries, names, strict=True)]
-    from mri_audit.identity import audit_identity, fingerprint
+    from mri_audit.audit.identity import audit_identity, fingerprint
 
     settings, described = json.loads(json.dumps(config.to_dict())), dataset.describe()
     identity = audit_identity(
@@ -266,7 +267,7 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
     }
 
     def prepare() -> tuple[list[tuple], dict[int, float]]:
-        from mri_audit.outdir import remove_audit
+        from mri_audit.audit.outdir import remove_audit
 
         stored = previous.header if previous else None
         if stored is not None:
@@ -339,19 +340,18 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
     if env.enabled or any(out.glob("records.rank*.jsonl")):
         # One journal again: the shards of this run, or of an unfinished distributed run that
         # this one resumed, merged into records.jsonl (a re-read needs every record in it).
-        from mri_audit.journal import to_jsonable
-        from mri_audit.results import atomic_write
+        from mri_audit.files import atomic_write, to_jsonable
 
         timing = {"kind": "time", "audit": header["audit"], "segment": segment, "elapsed": elapsed}
         lines = [json.dumps(to_jsonable(r), sort_keys=True) for r in [header, *records, timing]]
         atomic_write(out / "records.jsonl", ("\n".join(lines) + "\n").encode())
         for shard in out.glob("records.rank*.jsonl"):
             shard.unlink()
-    from mri_audit.outputs import finish_audit
+    from mri_audit.audit.outputs import finish_audit
 
     section = None
     if opts.get("map"):
-        from mri_audit.recovery_map import recovery_map
+        from mri_audit.audit.recovery_map import recovery_map
 
         click.echo("Mapping feature recovery (the default grid; mri-audit map sets its own)...")
         section = recovery_map(
@@ -378,7 +378,7 @@ def _execute(opts: dict, command_line: list[str], env, device, stack) -> int:
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         recovery_map=section,
     )
-    from mri_audit.tables import attack_table
+    from mri_audit.report.tables import attack_table
 
     click.echo(attack_table(results))
     for warning in results.get("warnings") or []:

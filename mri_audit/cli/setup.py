@@ -8,12 +8,12 @@ from collections.abc import Sequence
 import click
 import torch
 
-from mri_audit.data import SliceBatch, collate, open_dataset, valid_indices
+from mri_audit.data.datasets import SliceBatch, collate, open_dataset, valid_indices
 from mri_audit.device import resolve_device
 from mri_audit.errors import DataError, MriAuditError
-from mri_audit.model_entries import ModelEntry, with_arguments
-from mri_audit.physics import MaskFunc, make_mask_func
-from mri_audit.validate import OpenedModel, open_model
+from mri_audit.models.entries import ModelEntry, with_arguments
+from mri_audit.models.opening import OpenedModel, open_model
+from mri_audit.mri.physics import MaskFunc, make_mask_func
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,3 @@
+"""Audits: the library entry point, journal, identity, statistics, verdict, distributed
+runs, the map.
+"""

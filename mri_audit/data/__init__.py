@@ -1,0 +1,1 @@
+"""Data: fastMRI HDF5 slices, the built-in phantoms, per-slice checks, batching."""

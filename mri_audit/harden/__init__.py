@@ -1,0 +1,1 @@
+"""FNAF-robust fine-tuning (``mri-audit harden``): trainer, losses, weight blends."""

@@ -1,0 +1,1 @@
+"""Models: loading user models and weights, contract checks, the ART estimator."""

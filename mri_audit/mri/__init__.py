@@ -1,0 +1,1 @@
+"""MRI physics: centred FFTs, masks, the sampling operator, image-quality metrics."""
