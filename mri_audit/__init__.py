@@ -1,14 +1,26 @@
-"""mri-audit: audit PyTorch MRI reconstruction models for false negatives (FNAF attacks)."""
+"""mri-audit: audit PyTorch MRI reconstruction models for false negatives (FNAF attacks).
+
+The library entry point is :func:`audit` (``mri_audit.audit(model, ...) -> AuditResult``); the
+command line (``mri-audit run``) calls it.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Reconstructor"]
+__all__ = ["__version__", "audit", "AuditResult", "Reconstructor"]
 
 
 def __getattr__(name: str):
-    # The estimator pulls in ART (slow to import); load it only when asked for.
+    # Torch and ART are slow to import; load them only when asked for (the CLI starts fast).
+    if name == "audit":  # the subpackage, which is callable: mri_audit.audit(model, ...)
+        import importlib
+
+        return importlib.import_module("mri_audit.audit")
+    if name == "AuditResult":
+        from mri_audit.audit.result import AuditResult
+
+        return AuditResult
     if name == "Reconstructor":
         from mri_audit.models.estimator import Reconstructor
 

@@ -12,10 +12,11 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["cache_dir", "sha256_file", "cached_sha256s", "cached_sha256"]
+__all__ = ["cache_dir", "sha256_file", "state_sha256", "cached_sha256s", "cached_sha256"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,3 +87,20 @@ def cached_sha256s(paths: Iterable[str | os.PathLike]) -> list[str]:
 def cached_sha256(path: str | os.PathLike) -> str:
     """The sha256 of one file's bytes (see :func:`cached_sha256s`)."""
     return cached_sha256s([path])[0]
+
+
+def state_sha256(state: Mapping[str, Any]) -> str:
+    """A sha256 over a state dict's names, dtypes, shapes and values (bitwise)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        value = state[name]
+        digest.update(name.encode() + b"\0")
+        if isinstance(value, torch.Tensor):
+            t = value.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{t.dtype}{tuple(value.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()

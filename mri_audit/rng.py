@@ -1,4 +1,12 @@
-"""Counter-based random numbers keyed by (seed, volume, slice, candidate, draw).
+"""Keyed randomness: every random draw of mri-audit comes from here.
+
+- Counter-based numbers keyed by (seed, volume, slice, candidate, draw) for the attacks and the
+  map: :func:`candidate_keys`, :func:`uniform`, :func:`randint`.
+- Integer seeds for numpy and torch generators: :func:`derive_seed` (the built-in phantoms and
+  their dataset splits, through numpy's ``SeedSequence``) and :func:`mix_seed` (hardening's
+  batches, masks and candidate searches, keyed by (seed, purpose, epoch, step, ...)). They stay
+  two functions because each fixes streams that published results depend on (the built-in data,
+  the example hardened weights); both are stable across runs, processes and machines.
 
 Each draw is a 32-bit integer hash of its key, computed with torch integer ops on whatever
 device the key tensors live on. The value of a draw depends only on its key, never on batch
@@ -11,9 +19,10 @@ from __future__ import annotations
 
 import zlib
 
+import numpy as np
 import torch
 
-__all__ = ["volume_key", "candidate_keys", "uniform", "randint"]
+__all__ = ["volume_key", "candidate_keys", "uniform", "randint", "derive_seed", "mix_seed"]
 
 _M32 = 0xFFFFFFFF
 
@@ -62,3 +71,19 @@ def randint(keys: torch.Tensor, draw: int, high: torch.Tensor | int) -> torch.Te
     """Integers uniform in ``[0, high)``, one per key (``high`` may vary per key)."""
     high_t = torch.as_tensor(high, device=keys.device, dtype=torch.int64)
     return (_bits(keys, draw) * high_t) >> 32
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit integer seed derived deterministically from ``seed`` and extra integer keys
+    (numpy's ``SeedSequence``; the built-in phantoms are drawn from these)."""
+    state = np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers by a 64-bit multiply-xorshift chain (hardening's keys)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF

@@ -16,7 +16,7 @@ import torch
 
 from mri_audit.audit.aggregates import aggregate
 from mri_audit.audit.journal import Journal
-from mri_audit.audit.outputs import build_results
+from mri_audit.audit.result import build_results
 from mri_audit.files import atomic_write, to_jsonable, write_json
 from mri_audit.fnaf.criteria import CRITERIA, QUANTITIES, make_criterion
 from mri_audit.report.records_csv import write_csv

@@ -178,13 +178,13 @@ _PENDING: set[str] = set()  # modules still importing ART directly (none)
 
 @pytest.mark.parametrize(
     "path",
-    sorted(p for p in PACKAGE.rglob("*.py") if p.name != "artsetup.py"),
+    sorted(p for p in PACKAGE.rglob("*.py") if p.name != "art_setup.py"),
     ids=lambda p: p.relative_to(PACKAGE).as_posix(),
 )
-def test_modules_import_art_only_through_artsetup(path, request):
+def test_modules_import_art_only_through_art_setup(path, request):
     rel = path.relative_to(PACKAGE).as_posix()
     if rel in _PENDING:
-        request.applymarker(pytest.mark.xfail(reason="pending: import through artsetup"))
+        request.applymarker(pytest.mark.xfail(reason="pending: import through art_setup"))
     assert not _DIRECT.search(path.read_text(encoding="utf-8")), (
         f"{rel} imports ART directly; use `from mri_audit.models.art_setup import ...`"
     )

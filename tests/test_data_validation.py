@@ -18,7 +18,6 @@ import torch
 from click.testing import CliRunner
 
 from mri_audit.cli import cli
-from mri_audit.cli.setup import open_data, probe_batch
 from mri_audit.data import checks as data_checks
 from mri_audit.data.checks import (
     KSPACE_NONFINITE,
@@ -30,6 +29,7 @@ from mri_audit.data.checks import (
 )
 from mri_audit.data.datasets import SliceDataset, SyntheticDataset, iter_batches, valid_indices
 from mri_audit.data.fastmri_io import ismrmrd_header, max_attr_problem
+from mri_audit.data.opening import open_data, probe_batch
 from mri_audit.errors import DataError
 
 MEDIAN = "examples/median_filter.py:MedianFilter"
@@ -448,7 +448,8 @@ def test_check_and_info_count_invalid_slices(tmp_path: Path, half_bad: Path) -> 
 
 def test_harden_never_trains_on_invalid_slices(tmp_path: Path, half_bad: Path) -> None:
     from mri_audit.fnaf.registry import load_attack
-    from mri_audit.harden.trainer import HardenConfig, Trainer
+    from mri_audit.harden.config import HardenConfig
+    from mri_audit.harden.trainer import Trainer
     from mri_audit.models.estimator import Reconstructor
 
     ds = SliceDataset(half_bad)

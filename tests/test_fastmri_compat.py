@@ -1,4 +1,4 @@
-"""fastMRI's own Unet and VarNet (signature-identical fixtures) plug in with no wrapper code."""
+"""fastMRI's own Unet and VarNet, from the installed fastmri package, plug in with no wrapper."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from mri_audit.cli import cli
 
 UNET = [
     "--model",
-    "tests.fixtures.fastmri_like:Unet",
+    "fastmri.models:Unet",
     "--model-arg",
     "in_chans=1",
     "--model-arg",
@@ -21,7 +21,7 @@ UNET = [
 ]
 VARNET = [
     "--model",
-    "tests.fixtures.fastmri_like:VarNet",
+    "fastmri.models:VarNet",
     "--input",
     "kspace",
     "--model-arg",

@@ -15,8 +15,9 @@ from mri_audit.fnaf.engine import FnafEngine
 from mri_audit.fnaf.features import prepare_context, random_walks
 from mri_audit.fnaf.registry import load_attack
 from mri_audit.harden.blending import blend_alphas, blend_weights
+from mri_audit.harden.config import HardenConfig
 from mri_audit.harden.losses import image_loss
-from mri_audit.harden.trainer import HardenConfig, Trainer
+from mri_audit.harden.trainer import Trainer
 from mri_audit.models.estimator import Reconstructor
 from mri_audit.mri.physics import make_mask_func, volume_seed
 

@@ -307,7 +307,7 @@ def test_kill_during_final_writes_leaves_an_incomplete_audit(
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mri_audit.report.html.render_report", killed)
+    monkeypatch.setattr("mri_audit.report.html.render_html", killed)
     result = _run(singlecoil_dir, models, out, code=None)
     assert result.exit_code != 0
     assert json.loads((out / "results.json").read_text())["complete"] is False

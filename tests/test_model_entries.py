@@ -203,18 +203,22 @@ def test_missing_model_files_are_refused_before_the_data_is_read(net, tmp_path, 
     assert not (tmp_path / "o").exists()
 
 
-def test_reduced_precision_on_a_cpu_without_native_support_warns(monkeypatch, capsys):
-    from mri_audit.cli.setup import check_precision as _check_precision
+def test_reduced_precision_on_a_cpu_without_native_support_warns(monkeypatch, caplog):
+    from mri_audit.audit.run_setup import check_precision as _check_precision
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
-    _check_precision("bf16", torch.device("cpu"))
-    assert "this CPU has no native bf16 support" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="mri_audit"):
+        _check_precision("bf16", torch.device("cpu"))
+    assert "this CPU has no native bf16 support" in caplog.text
+    caplog.clear()
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    _check_precision("bf16", torch.device("cpu"))
-    _check_precision("fp32", torch.device("cpu"))
-    assert capsys.readouterr().err == ""
-    _check_precision("fp16", torch.device("cpu"))  # slower than fp32 even with AVX512-FP16
-    assert "this CPU runs fp16 slowly" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="mri_audit"):
+        _check_precision("bf16", torch.device("cpu"))
+        _check_precision("fp32", torch.device("cpu"))
+    assert caplog.text == ""
+    with caplog.at_level("WARNING", logger="mri_audit"):
+        _check_precision("fp16", torch.device("cpu"))  # slower than fp32 even with AVX512-FP16
+    assert "this CPU runs fp16 slowly" in caplog.text
 
 
 def test_missing_data_is_refused_before_the_model_is_imported(tmp_path):

@@ -12,12 +12,12 @@ from scipy import ndimage
 
 from mri_audit.data.phantoms import (
     coil_sensitivities,
-    derive_seed,
     make_volume,
     synth_dataset,
     write_volume,
 )
 from mri_audit.mri.physics import center_crop, ifft2c, rss
+from mri_audit.rng import derive_seed
 
 DISK9 = np.hypot(*np.mgrid[-4:5, -4:5]) <= 4.0  # a 9 px diameter disk
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from mri_audit.mri.operator import SamplingOperator
 from mri_audit.mri.physics import (
     EquispacedMask,
     RandomMask,
@@ -21,7 +22,6 @@ from mri_audit.mri.physics import (
     mask_to_tensor,
     rss,
     volume_seed,
-    zero_filled,
 )
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "fastmri_masks.json"
@@ -56,7 +56,7 @@ def test_fft_rejects_real_input_and_is_differentiable():
     with pytest.raises(ValueError):
         fft2c(torch.ones(4, 4))
     x = _complex(1, 1, 8, 8).requires_grad_(True)
-    zero_filled(fft2c(x), mask_to_tensor(np.ones(8, bool))).sum().backward()
+    SamplingOperator(mask_to_tensor(np.ones(8, bool))).zero_filled(fft2c(x)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
@@ -150,8 +150,37 @@ def test_crop_rss_zero_filled_batched():
     assert mask.shape == (3, 1, 1, 36)
     masked = apply_mask(k, mask)
     assert masked[..., 1::2].abs().max() == 0
-    zf = zero_filled(k, mask, (32, 32))
+    zf = SamplingOperator(mask, (32, 32)).zero_filled(k)
     torch.testing.assert_close(zf, center_crop(rss(ifft2c(masked)), (32, 32)))
     # Fully sampled zero-filling is the RSS image itself.
-    full = zero_filled(k, mask_to_tensor(np.ones(36, bool)), None)
+    full = SamplingOperator(mask_to_tensor(np.ones(36, bool))).zero_filled(k)
     torch.testing.assert_close(full, rss(x), atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------- the sampling operator
+
+
+def test_operator_adjoint_and_zero_filled_against_fastmri():
+    """``<A x, y> = <x, A^H y>`` for the masked FFT, and the zero-filled magnitude equals the
+    real fastMRI package's (its ifft2c on real-view tensors, rss, centre crop)."""
+    import fastmri
+    from fastmri.data.transforms import center_crop as fm_crop
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 12, 10, dtype=torch.complex128, generator=gen)
+    y = torch.randn(2, 3, 12, 10, dtype=torch.complex128, generator=gen)
+    cols = torch.rand(2, 10, generator=gen) > 0.5
+    op = SamplingOperator(cols[:, None, None, :], (8, 8))
+    lhs = torch.vdot(op.forward(x).flatten(), y.flatten())
+    rhs = torch.vdot(x.flatten(), op.adjoint(y).flatten())
+    torch.testing.assert_close(lhs, rhs)
+    k = fft2c(x.to(torch.complex64))
+    ours = op.zero_filled(k)
+    masked = torch.view_as_real(k * cols[:, None, None, :])
+    theirs = fm_crop(fastmri.rss(fastmri.complex_abs(fastmri.ifft2c(masked)), dim=1), (8, 8))
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
+    # No mask and no crop: the identity sampling of the full grid.
+    full = SamplingOperator().zero_filled(k)
+    torch.testing.assert_close(full, rss(x.to(torch.complex64)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="k-space must be"):
+        op.zero_filled(k[0])

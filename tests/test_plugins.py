@@ -9,8 +9,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import fastmri.models
+import fastmri.models.unet
 import pytest
 import torch
+from fastmri.models import Unet, VarNet
 from torch import nn
 
 from mri_audit.errors import ModelError
@@ -21,7 +24,6 @@ from mri_audit.models.loading import (
     load_state_dict,
     parse_model_args,
 )
-from tests.fixtures.fastmri_like import Unet, VarNet
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UNET_ARGS = parse_model_args(["in_chans=1", "out_chans=1", "chans=4", "num_pool_layers=2"])
+UNET_FILE = Path(fastmri.models.unet.__file__).resolve()  # imports only torch: loads as a file
 
 NET_SOURCE = """\
 import torch
@@ -116,11 +119,16 @@ def test_relative_file_spec(net_file: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_module_spec_loads() -> None:
-    loaded = load_model("tests.fixtures.fastmri_like:Unet", model_args=UNET_ARGS)
-    assert loaded.kind == "module" and loaded.name == "tests.fixtures.fastmri_like:Unet"
+    """fastMRI's own Unet, named by its package: the source is the module named before ':'."""
+    loaded = load_model("fastmri.models:Unet", model_args=UNET_ARGS)
+    assert loaded.kind == "module" and loaded.name == "fastmri.models:Unet"
     assert type(loaded.module) is Unet and loaded.input_domain is None
-    assert loaded.source_path is not None and loaded.source_path.name == "fastmri_like.py"
+    assert loaded.source_path == Path(fastmri.models.__file__)
+    assert UNET_FILE in loaded.sources  # the package's loaded modules, the class's file among them
     assert loaded.module(image(13, 11)).shape == (2, 1, 13, 11)
+    inner = load_model("fastmri.models.unet:Unet", model_args=UNET_ARGS)
+    assert inner.name == "fastmri.models.unet:Unet" and type(inner.module) is Unet
+    assert inner.source_path is not None and inner.source_path.resolve() == UNET_FILE
 
 
 def test_factory_function(net_file: Path) -> None:
@@ -155,12 +163,8 @@ def test_forms_agree_for_the_same_weights(tmp_path: Path) -> None:
     scripted = tmp_path / "unet_scripted.ts"
     torch.jit.script(reference.eval()).save(str(scripted))
 
-    as_file = load_model(
-        f"{FIXTURES / 'fastmri_like.py'}:Unet", model_args=UNET_ARGS, weights=weights
-    )
-    as_module = load_model(
-        "tests.fixtures.fastmri_like:Unet", model_args=UNET_ARGS, weights=weights
-    )
+    as_file = load_model(f"{UNET_FILE}:Unet", model_args=UNET_ARGS, weights=weights)
+    as_module = load_model("fastmri.models:Unet", model_args=UNET_ARGS, weights=weights)
     as_script = load_model(str(scripted), weights=weights)
     assert as_file.weights_path == weights and as_file.kind == "file"
     assert type(as_file.module) is not Unet  # loaded afresh under its own module name
@@ -395,16 +399,16 @@ def test_error_name_missing(net_file: Path) -> None:
     assert "no 'Nte' in net.py" in msg
     assert "nn.Module classes: Net; other callables: make_net, not_a_factory, Plain" in msg
     assert "did you mean 'Net'" in msg
-    assert "no 'Nope' in tests.fixtures.fastmri_like" in model_error(
-        load_model, "tests.fixtures.fastmri_like:Nope"
-    )
+    msg = model_error(load_model, "fastmri.models.unet:Nope")
+    assert "no 'Nope' in fastmri.models.unet" in msg
+    assert "nn.Module classes: Unet, ConvBlock, TransposeConvBlock" in msg
 
 
 def test_error_spec_without_name(net_file: Path) -> None:
     msg = model_error(load_model, str(net_file))
     assert f"needs a class or factory name: {net_file}:Name" in msg
     assert "nn.Module classes: Net" in msg
-    assert "needs a class or factory name" in model_error(load_model, "tests.fixtures.fastmri_like")
+    assert "needs a class or factory name" in model_error(load_model, "fastmri.models")
 
 
 @pytest.mark.parametrize(
@@ -501,9 +505,7 @@ def test_error_weights_mismatch(tmp_path: Path, net_file: Path) -> None:
 def test_error_weights_many_missing_keys_are_cut(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save({}, path)
-    msg = model_error(
-        load_model, "tests.fixtures.fastmri_like:Unet", model_args=UNET_ARGS, weights=path
-    )
+    msg = model_error(load_model, "fastmri.models:Unet", model_args=UNET_ARGS, weights=path)
     assert "missing keys:" in msg and "more)" in msg
 
 
@@ -541,10 +543,13 @@ def test_torchscript_weights_and_torchscript_as_weights(tmp_path: Path) -> None:
     assert "is a TorchScript model, not a state dict" in model_error(load_state_dict, path)
 
 
-# ---------------------------------------------------------------------------- fixtures
+# ---------------------------------------------------------------------------- fastMRI's models
 
 
-def test_fastmri_like_varnet_layouts() -> None:
+def test_fastmri_varnet_layouts() -> None:
+    """fastMRI's VarNet takes the layouts mri-audit gives a k-space model: k-space as a real view
+    (B, coils, H, W, 2), a bool mask (B, 1, 1, W, 1), an optional num_low_frequencies; it returns
+    the RSS magnitude (B, H, W)."""
     torch.manual_seed(0)
     net = VarNet(num_cascades=2, sens_chans=4, sens_pools=2, chans=4, pools=2)
     for coils in (1, 3):
@@ -558,7 +563,7 @@ def test_fastmri_like_varnet_layouts() -> None:
     out.sum().backward()
     assert all(p.grad is not None for p in net.parameters())
     loaded = load_model(
-        "tests.fixtures.fastmri_like:VarNet",
+        "fastmri.models:VarNet",
         model_args=parse_model_args(["num_cascades=1", "sens_chans=2", "chans=2", "pools=2"]),
     )
-    assert loaded.input_domain is None
+    assert type(loaded.module) is VarNet and loaded.input_domain is None

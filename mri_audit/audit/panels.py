@@ -10,7 +10,7 @@ import torch
 
 from mri_audit.data.datasets import collate
 from mri_audit.fnaf.features import decode_features, insert, paint, prepare_context
-from mri_audit.mri.physics import center_crop, ifft2c, rss
+from mri_audit.mri.operator import SamplingOperator
 
 __all__ = ["worst_records", "render_panels"]
 
@@ -110,7 +110,7 @@ def render_panels(auditor, dataset, cases: Sequence[dict]) -> dict[str, np.ndarr
         d, _ = paint(features, ctx.target_shape)
         kspace, target = insert(ctx, features.slice_index, d)
         masked = kspace * ctx.mask
-        zf = center_crop(rss(ifft2c(masked), dim=1), ctx.target_shape)
+        zf = SamplingOperator(crop=ctx.target_shape).magnitude(masked)
         arrays[f"case{i}_zero_filled"] = zf[0].float().cpu().numpy().astype(np.float16)
         arrays[f"case{i}_target"] = target[0].float().cpu().numpy().astype(np.float16)
         for j, m in enumerate(auditor.models):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "map_progress"]
 
 logger = logging.getLogger("mri_audit.audit.progress")
 
@@ -116,3 +116,17 @@ class Progress:
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def map_progress(enabled: bool, stream=None):
+    """The progress callback of a feature-recovery map: one line per batch of slices on
+    standard error (``map: 3/24 slices, 97 s, about 680 s left``); None when not ``enabled``."""
+    if not enabled:
+        return None
+
+    def show(done: int, total: int, seconds: float) -> None:
+        left = seconds * (total - done) / done if done else 0.0
+        tail = f", about {left:.0f} s left" if done < total else ""
+        print(f"map: {done}/{total} slices, {seconds:.0f} s{tail}", file=stream or sys.stderr)
+
+    return show

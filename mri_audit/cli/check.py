@@ -44,14 +44,17 @@ def check(
     import torch
     from tqdm import tqdm
 
-    from mri_audit.cli.setup import build_mask_func, open_data, open_models, resolve_device
     from mri_audit.data.datasets import iter_batches, valid_indices
+    from mri_audit.data.opening import open_data
+    from mri_audit.device import resolve_device
+    from mri_audit.models.opening import open_models
     from mri_audit.mri.metrics import VolumeMetrics
-    from mri_audit.mri.physics import mask_to_tensor, volume_seed, zero_filled
+    from mri_audit.mri.operator import SamplingOperator
+    from mri_audit.mri.physics import make_mask_func, mask_to_tensor, volume_seed
 
     check_acceleration(accel, center_fraction)
     dev = resolve_device(device)
-    mask_func = build_mask_func(mask_type, accel, center_fraction)
+    mask_func = make_mask_func(mask_type, accel, center_fraction)
     dataset, probe = open_data(data, max_volumes, max_slices)
     (opened,) = open_models(
         [(model_spec, weights)],
@@ -88,7 +91,7 @@ def check(
             masked = batch.kspace * mask
             nlf = mask_func(batch.kspace.shape[-1], seed=volume_seed(batch.volumes[0]))
             recon = est.reconstruct(masked, mask, num_low_frequencies=nlf.num_low_frequencies)
-            zf = zero_filled(masked, None, tuple(batch.target.shape[-2:]))
+            zf = SamplingOperator(crop=tuple(batch.target.shape[-2:])).magnitude(masked)
             model_m.update(batch.volumes, recon.float(), batch.target, batch.max_values)
             zf_m.update(batch.volumes, zf, batch.target, batch.max_values)
     m, z = model_m.summary(), zf_m.summary()

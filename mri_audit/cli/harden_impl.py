@@ -137,9 +137,11 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         harden_identity,
         identified_trainer,
     )
-    from mri_audit.cli.setup import build_mask_func, open_models, probe_batch
+    from mri_audit.data.opening import probe_batch
     from mri_audit.fnaf.registry import load_attack
-    from mri_audit.harden.trainer import HardenConfig
+    from mri_audit.harden.config import HardenConfig
+    from mri_audit.models.opening import open_models
+    from mri_audit.mri.physics import make_mask_func
 
     out = Path(opts["out"])
     checkpoint = out.with_suffix(out.suffix + ".ckpt")
@@ -153,7 +155,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
     train, select, val = _datasets(opts)
     probe = probe_batch(train, "the training data")
     accels = tuple(opts["accel"])
-    mask_func = build_mask_func(opts["mask_type"], accels[0], opts["center_fraction"])
+    mask_func = make_mask_func(opts["mask_type"], accels[0], opts["center_fraction"])
     (opened,) = open_models(
         [(opts["model_spec"], opts["weights"])],
         model_args=opts["model_args"],
@@ -349,43 +351,51 @@ def _report_out(opts) -> Path:
 
 
 def _audit(opts, original, val, config, accels, name, command_line) -> int:
-    from mri_audit.cli.run_impl import execute as run_audit
+    """The before/after audit of the kept weights against the original, on the report data."""
+    from mri_audit.audit.api import AuditInterrupted, audit
+    from mri_audit.cli import on_interrupt
+    from mri_audit.models.entries import ModelEntry, with_arguments
 
     out, report_out = Path(opts["out"]), _report_out(opts)
-    audit_opts = {
-        "model_spec": opts["model_spec"],
-        "weights": str(out),
-        "model_args": opts["model_args"],
-        "input_domain": opts["input_domain"],
-        "normalize": opts["normalize"],
-        "accel": accels[0],
-        "center_fraction": opts["center_fraction"],
-        "mask_type": opts["mask_type"],
-        "data": None,
-        "max_volumes": None,
-        "max_slices": None,
-        "dataset": val,
-        "names": [f"{name} (hardened)", f"{name} (original)"],
-        "attacks": ("fnaf-rs", "fnaf-pgd"),
-        "candidates": 11,
-        "feature_steps": 10,
-        "criterion": config.criterion,
-        "margin": config.margin,
-        "min_recovery": config.min_recovery,
-        "threshold": config.threshold,
-        "ip_epsilon": config.ip_epsilon,
-        "window": config.window,
-        "insert": "phase",
-        "compare": [(opts["model_spec"], original)],
-        "batch_size": None,  # auto
-        "seed": opts["seed"],
-        "device": opts["device"],
-        "out": report_out,
-        "max_attack_rate": None,
-        "resume": False,
-        "force": True,
-        "no_progress": False,
-        "precision": "fp32",
-        "attack_options": {},
-    }
-    return run_audit(audit_opts, command_line=command_line)
+    entries = with_arguments(
+        [
+            ModelEntry(
+                opts["model_spec"], f"{name} (hardened)", str(out), {}, opts["input_domain"]
+            ),
+            ModelEntry(opts["model_spec"], f"{name} (original)", original),
+        ],
+        opts["model_args"],
+    )
+    try:
+        result = audit(
+            entries[0],
+            compare=entries[1:],
+            normalize=opts["normalize"],
+            data=val,
+            accel=accels[0],
+            center_fraction=opts["center_fraction"],
+            mask_type=opts["mask_type"],
+            attacks=("fnaf-rs", "fnaf-pgd"),
+            candidates=11,
+            feature_steps=10,
+            criterion=config.criterion,
+            margin=config.margin,
+            min_recovery=config.min_recovery,
+            threshold=config.threshold,
+            ip_epsilon=config.ip_epsilon,
+            window=config.window,
+            insert="phase",
+            seed=opts["seed"],
+            device=opts["device"],
+            out=report_out,
+            force=True,
+            progress=True,
+            command_line=command_line,
+            on_stage=on_interrupt,
+        )
+    except AuditInterrupted:
+        return EXIT_INTERRUPTED
+    from mri_audit.cli.run_impl import show_result
+
+    show_result(result)
+    return result.exit_code

@@ -12,7 +12,6 @@ training into a mixed result.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,27 +24,9 @@ __all__ = [
     "harden_identity",
     "identity_changes",
     "identified_trainer",
-    "state_sha256",
 ]
 
 _MAX_NAMED = 4
-
-
-def state_sha256(state: Mapping[str, Any]) -> str:
-    """A sha256 over a state dict's names, dtypes, shapes and values (bitwise)."""
-    import torch
-
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        value = state[name]
-        digest.update(name.encode() + b"\0")
-        if isinstance(value, torch.Tensor):
-            t = value.detach().to("cpu").contiguous().reshape(-1)
-            digest.update(f"{t.dtype}{tuple(value.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes())
-        else:
-            digest.update(repr(value).encode())
-    return digest.hexdigest()
 
 
 def _data_identity(dataset) -> dict[str, Any]:
@@ -71,7 +52,7 @@ def harden_identity(opts: Mapping[str, Any], opened, train, select) -> dict[str,
         select: the held-out dataset the kept weights are chosen on.
     """
     from mri_audit.audit.identity import model_sources
-    from mri_audit.hashing import sha256_file
+    from mri_audit.hashing import sha256_file, state_sha256
     from mri_audit.models.loading import parse_model_args
 
     loaded, est = opened.loaded, opened.estimator

@@ -106,19 +106,6 @@ def _remove_existing(out: Path) -> None:
         (out / f).unlink(missing_ok=True)
 
 
-def _progress(enabled: bool):
-    """The progress callback: one line per batch of slices on standard error."""
-    if not enabled:
-        return None
-
-    def show(done: int, total: int, seconds: float) -> None:
-        left = seconds * (total - done) / done if done else 0.0
-        tail = f", about {left:.0f} s left" if done < total else ""
-        click.echo(f"map: {done}/{total} slices, {seconds:.0f} s{tail}", err=True)
-
-    return show
-
-
 def _table(section: dict) -> str:
     """The contrast-detail curves as text: smallest recovered size per contrast."""
     grid = section["grid"]
@@ -159,9 +146,13 @@ def execute(opts: dict, command_line: list[str]) -> None:
     """Compute the map described by the parsed options and write its files."""
     from mri_audit.audit.outdir import precheck_out, prepare_folder
     from mri_audit.audit.outlock import hold_lock
+    from mri_audit.audit.progress import map_progress
     from mri_audit.cli import on_interrupt
-    from mri_audit.cli.setup import build_mask_func, open_data, open_entries, resolve_device
+    from mri_audit.data.opening import open_data
+    from mri_audit.device import resolve_device
     from mri_audit.models.entries import check_files, model_entries, unique_names
+    from mri_audit.models.opening import open_entries
+    from mri_audit.mri.physics import make_mask_func
 
     check_acceleration(opts["accel"], opts["center_fraction"])
     grid = _grid(opts)
@@ -172,7 +163,7 @@ def execute(opts: dict, command_line: list[str]) -> None:
     if out.is_dir():
         _refuse_existing(out, opts["force"])
     device = resolve_device(opts["device"])
-    mask_func = build_mask_func(opts["mask_type"], opts["accel"], opts["center_fraction"])
+    mask_func = make_mask_func(opts["mask_type"], opts["accel"], opts["center_fraction"])
     dataset, probe = open_data(opts["data"], opts["max_volumes"], opts["max_slices"])
     prepare_folder(out)
     with hold_lock(out, "mri-audit map"):
@@ -218,7 +209,7 @@ def execute(opts: dict, command_line: list[str]) -> None:
             batch_size=batch_size,
             window=opts["window"],
             insert_mode=opts["insert"],
-            on_batch=_progress(not opts["no_progress"]),
+            on_batch=map_progress(not opts["no_progress"]),
         )
         config = {
             "accel": opts["accel"],
@@ -250,10 +241,10 @@ def _results(opts, section, config, opened, entries, names, dataset) -> dict:
     import json
 
     from mri_audit.audit.identity import audit_identity
-    from mri_audit.cli.run_impl import _model_info, _versions
+    from mri_audit.audit.run_setup import model_info, versions
     from mri_audit.report.map_files import map_results
 
-    models = [_model_info(o, e, n) for o, e, n in zip(opened, entries, names, strict=True)]
+    models = [model_info(o, e, n) for o, e, n in zip(opened, entries, names, strict=True)]
     data = dataset.describe()
     identity = audit_identity(
         config=json.loads(json.dumps(config)), models=models, data=data, attack_classes=()
@@ -265,7 +256,7 @@ def _results(opts, section, config, opened, entries, names, dataset) -> dict:
         data=data,
         code=identity.get("code"),
         command_line=[],
-        versions=_versions(),
+        versions=versions(),
         device="",
         elapsed=section["elapsed_seconds"],
         started="",

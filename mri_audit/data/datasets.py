@@ -28,6 +28,7 @@ from mri_audit.data.batching import SliceBatch, collate, iter_batches, valid_ind
 from mri_audit.data.checks import check_volumes, rss_target, size_reason, summarize
 from mri_audit.data.fastmri_io import VolumeInfo, inspect_file, resolve_files
 from mri_audit.errors import DataError
+from mri_audit.rng import derive_seed
 
 __all__ = [
     "BUILTIN_TRAIN",
@@ -297,7 +298,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def volume_seed(self, index: int) -> int:
         """The :func:`~mri_audit.data.phantoms.make_volume` seed of volume ``index``."""
-        return phantoms.derive_seed(self.seed, self.SPLITS[self.split], index)
+        return derive_seed(self.seed, self.SPLITS[self.split], index)
 
     def _volume(self, v: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         if v not in self._cache:

@@ -28,12 +28,12 @@ from tqdm import tqdm
 
 from mri_audit.data.fastmri_io import ismrmrd_header
 from mri_audit.mri.physics import center_crop, fft2c, ifft2c, rss
+from mri_audit.rng import derive_seed
 
 __all__ = [
     "PhantomVolume",
     "make_volume",
     "coil_sensitivities",
-    "derive_seed",
     "write_volume",
     "synth_dataset",
 ]
@@ -55,12 +55,6 @@ class PhantomVolume(NamedTuple):
 
     kspace: np.ndarray
     target: np.ndarray
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit integer seed derived deterministically from ``seed`` and extra integer keys."""
-    state = np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(2, np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from mri_audit.fnaf.criteria import REFERENCE_AREA
 from mri_audit.fnaf.features import FeatureBatch, SliceContext, insert, paint
 from mri_audit.models.estimator import Reconstructor
 from mri_audit.mri.metrics import fnaf_region
-from mri_audit.mri.physics import center_crop, ifft2c, rss
+from mri_audit.mri.operator import SamplingOperator
 
 __all__ = ["Scores", "FnafEngine", "Selection", "select_best", "PRECISIONS"]
 
@@ -162,7 +162,7 @@ class FnafEngine:
         kspace, target = insert(ctx, si, d)
         mask = ctx.mask[si]
         masked = kspace * mask
-        zf = center_crop(rss(ifft2c(masked), dim=1), ctx.target_shape)
+        zf = SamplingOperator(crop=ctx.target_shape).magnitude(masked)
         ip = ((zf - ctx.zero_filled[si]) / ctx.zf_std[si, None, None]).square().sum((-2, -1))
         delta = (kspace - ctx.kspace[si]).abs().square()
         rho = (delta * mask).sum((1, 2, 3)) / delta.sum((1, 2, 3)).clamp_min(1e-30)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 from mri_audit import rng
+from mri_audit.mri.operator import SamplingOperator
 from mri_audit.mri.physics import Mask, center_crop, fft2c, ifft2c, mask_to_tensor, rss
 
 __all__ = [
@@ -161,7 +162,7 @@ def prepare_context(
     masks = [mask_for(v, kspace.shape[-1]) for v in volumes]
     nlf = {m.num_low_frequencies for m in masks}
     mask = torch.stack([mask_to_tensor(m.columns, device=kspace.device)[0] for m in masks])
-    zf = center_crop(rss(ifft2c(kspace * mask), dim=1), target_shape)
+    zf = SamplingOperator(crop=target_shape).magnitude(kspace * mask)
     flat_t, flat_z = target.flatten(1), zf.flatten(1)
     device = kspace.device
     return SliceContext(

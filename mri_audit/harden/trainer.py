@@ -13,8 +13,7 @@ step, ...), so a resumed run gives the same weights as an uninterrupted one.
 
 With ``interpolate`` > 0 the run ends with weight-space blends of the starting and final weights
 (WiSE-FT, see ``mri_audit.harden.blending``), validated like epochs and competing with them for
-the kept
-weights.
+the kept weights.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import io
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,61 +33,16 @@ from mri_audit.files import atomic_write
 from mri_audit.fnaf.engine import FnafEngine
 from mri_audit.fnaf.features import insert, paint, prepare_context
 from mri_audit.harden.blending import blend_alphas, blend_weights
+from mri_audit.harden.config import HardenConfig, within_tolerance
 from mri_audit.harden.losses import LOSSES, image_loss, pixel_loss
 from mri_audit.models.estimator import Reconstructor
 from mri_audit.mri.metrics import VolumeMetrics, fnaf_region
 from mri_audit.mri.physics import Mask, make_mask_func, volume_seed
+from mri_audit.rng import mix_seed
 
 __all__ = ["HardenConfig", "Trainer"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HardenConfig:
-    """Settings of a hardening run (stored in every checkpoint)."""
-
-    accels: tuple[float, ...] = (4.0,)
-    center_fraction: float | None = None
-    mask_type: str = "random"
-    epochs: int = 5
-    steps: int | None = None
-    lr: float = 1e-4
-    batch_size: int = 4
-    lam: float = 1.0
-    feature_steps: tuple[int, int] = (10, 100)
-    inner: str = "random"
-    candidates: int = 11
-    loss: str = "l1"
-    seed: int = 0
-    amp: bool = False
-    ssim_tolerance: float = 0.01
-    nmse_tolerance: float | None = None
-    criterion: str = "erasure"
-    threat_model: int = 2  # FNAF threat model version of the validation rates (DESIGN §4)
-    margin: float = 0.1
-    min_recovery: float = 0.5
-    threshold: float = 1e-3
-    ip_epsilon: float = 1e-4
-    window: float = 0.375
-    candidate_batch: int = 16
-    val_candidates: int = 11
-    interpolate: int = 0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["accels"] = list(self.accels)
-        d["feature_steps"] = list(self.feature_steps)
-        return d
-
-
-def _key(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across runs and processes)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 class Trainer:
@@ -175,7 +128,7 @@ class Trainer:
     # ------------------------------------------------------------------ sampling
     def _batch_indices(self, epoch: int, step: int) -> list[int]:
         valid = self.train_indices
-        order = np.random.default_rng(_key(self.config.seed, 1, epoch)).permutation(len(valid))
+        order = np.random.default_rng(mix_seed(self.config.seed, 1, epoch)).permutation(len(valid))
         b = self.config.batch_size
         global_b = b * self.world_size
         start = (step * global_b) % max(1, len(order))
@@ -187,7 +140,7 @@ class Trainer:
         accels = self.config.accels
 
         def mask_for(volume: str, num_cols: int) -> Mask:
-            key = _key(self.config.seed, 2, epoch, step, *volume_seed(volume))
+            key = mix_seed(self.config.seed, 2, epoch, step, *volume_seed(volume))
             accel = accels[key % len(accels)]
             return self.mask_funcs[accel](num_cols, seed=key % (2**32))
 
@@ -214,14 +167,14 @@ class Trainer:
             feature_steps=tuple(cfg.feature_steps),
             window=cfg.window,
             **self._criterion_kwargs(),
-            seed=_key(cfg.seed, 3, epoch, step) % (2**31),
+            seed=mix_seed(cfg.seed, 3, epoch, step) % (2**31),
             batch_size=cfg.candidate_batch,
         )
         was_training = self.model.training
         result = attack.attack(ctx, FnafEngine(self.est, batch_size=cfg.candidate_batch))
         self.model.train(was_training)
         self.model.train()
-        torch.manual_seed(_key(cfg.seed, 4, epoch, step))  # dropout and the like
+        torch.manual_seed(mix_seed(cfg.seed, 4, epoch, step))  # dropout and the like
         self.optimizer.zero_grad(set_to_none=True)
         amp = (
             torch.autocast(
@@ -423,21 +376,13 @@ class Trainer:
             "best": self.best,
         }
 
-    def _eligible(self, val: dict) -> bool:
-        """Whether validation metrics are within the SSIM (and NMSE) tolerance of the start's."""
-        cfg = self.config
-        return val["ssim"] >= self.start["ssim"] - cfg.ssim_tolerance and (
-            cfg.nmse_tolerance is None
-            or val["nmse"] <= self.start["nmse"] * (1 + cfg.nmse_tolerance)
-        )
-
     def _consider(self, entry: dict, *, fallback_ok: bool = True) -> None:
         """Keep the model's current weights if ``entry`` beats the best so far.
 
         Best: the lowest attack rate among eligible entries, ties to the higher SSIM. Until an
         entry is eligible the latest one is kept, flagged ``fallback``.
         """
-        if self._eligible(entry):
+        if within_tolerance(entry, self.start, self.config):
             best = self.best
             if (
                 best is None

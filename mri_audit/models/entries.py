@@ -49,7 +49,8 @@ class ModelEntry(NamedTuple):
     """One model of an audit and its own settings.
 
     Attributes:
-        spec: ``path/to/file.py:Name``, ``package.module:Name`` or a TorchScript file.
+        spec: ``path/to/file.py:Name``, ``package.module:Name``, a ``.pt2`` or TorchScript
+            file, or (from the library's ``audit()``) a constructed ``nn.Module``.
         name: the display name (None: derived from the spec).
         weights: a state dict or checkpoint file.
         args: constructor keyword arguments.
@@ -57,7 +58,7 @@ class ModelEntry(NamedTuple):
         normalize: image-domain normalisation (None: the command's ``--normalize``).
     """
 
-    spec: str
+    spec: Any  # str, or an nn.Module (not imported here: the CLI starts without torch)
     name: str | None = None
     weights: str | None = None
     args: Mapping[str, Any] = {}
@@ -66,8 +67,10 @@ class ModelEntry(NamedTuple):
 
     @property
     def label(self) -> str:
-        """How messages name the model: its name, or its spec."""
-        return self.name or self.spec
+        """How messages name the model: its name, or its spec (a module's class name)."""
+        if self.name:
+            return self.name
+        return self.spec if isinstance(self.spec, str) else type(self.spec).__name__
 
 
 def parse_compare(value: str) -> ModelEntry:
@@ -247,9 +250,6 @@ def model_entries(
             _check_name(main.name, "--model-name")
         entries = [main, *compare]
     entries = with_arguments(entries, opts.get("model_args") or ())
-    given = opts.get("names")  # display names set by a caller (harden's before/after audit)
-    if given:
-        entries = [e._replace(name=n or e.name) for e, n in zip(entries, given, strict=True)]
     names = [e.name for e in entries if e.name]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -268,6 +268,8 @@ def check_files(entries: Sequence[ModelEntry]) -> None:
     from mri_audit.errors import ModelError
 
     for i, e in enumerate(entries):
+        if not isinstance(e.spec, str):  # a constructed module: no file to check
+            continue
         target, colon, _ = e.spec.rpartition(":")
         target = target if colon and not (len(target) == 1 and target.isalpha()) else e.spec
         who = f"{'main model' if i == 0 else f'model {i + 1}'} {e.label!r}: "

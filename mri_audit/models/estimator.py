@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from mri_audit.models.art_setup import LossGradientsMixin, PyTorchEstimator
-from mri_audit.mri.physics import center_crop, ifft2c, rss
+from mri_audit.mri.operator import SamplingOperator
+from mri_audit.mri.physics import center_crop
 
 __all__ = ["Reconstructor", "DOMAINS", "NORMALIZATIONS", "CLAMP"]
 
@@ -102,6 +103,8 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
         self._device = device
         self.input_domain = input_domain
         self.target_shape = (int(target_shape[0]), int(target_shape[1]))
+        self.operator = SamplingOperator(crop=self.target_shape)
+        """The MRI forward model the network is adapted to (its zero-filled input, the crop)."""
         self.normalize = normalize
         self.name = name or type(model).__name__
         self._fixed_mask = None if mask is None else torch.as_tensor(mask).to(torch.bool)
@@ -113,6 +116,11 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
     def model(self) -> torch.nn.Module:
         """The wrapped user model."""
         return self._model
+
+    def compile(self) -> None:
+        """Run the model through ``torch.compile`` (dynamic shapes) from now on (``--compile``);
+        ``model`` is then the compiled wrapper, which shares the module's weights and modes."""
+        self._model = torch.compile(self._model, dynamic=True)
 
     @property
     def device(self) -> torch.device:
@@ -136,7 +144,7 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
         Shape:
             masked_kspace: ``(B, coils, H, W)`` complex; returns ``(B, h, w)``.
         """
-        return center_crop(rss(ifft2c(masked_kspace), dim=1), self.target_shape)
+        return self.operator.magnitude(masked_kspace)
 
     def reconstruct(
         self,

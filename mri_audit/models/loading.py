@@ -22,6 +22,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import inspect
 import logging
 import sys
 import traceback
@@ -62,7 +63,8 @@ class LoadedModel(NamedTuple):
         module: the model, on the CPU.
         spec: the ``--model`` value as the user gave it.
         name: display name, e.g. ``"unet.py:UNet"``, or ``"model.pt2"`` for a model file.
-        kind: ``"file"``, ``"module"``, ``"exported"`` (a torch.export program) or
+        kind: ``"file"``, ``"module"``, ``"object"`` (a constructed module), ``"exported"``
+            (a torch.export program) or
             ``"torchscript"``; the last two are :data:`mri_audit.models.exported.PROGRAM_KINDS`.
         source_path: the ``.py``, ``.pt2`` or TorchScript file (``None`` for an installed
             module).
@@ -123,7 +125,7 @@ def _is_module_path(text: str) -> bool:
 
 
 def load_model(
-    spec: str,
+    spec: str | nn.Module,
     *,
     model_args: Mapping[str, object] | None = None,
     weights: str | Path | None = None,
@@ -133,7 +135,9 @@ def load_model(
     Args:
         spec: ``path/to/file.py:Name``, ``package.module:Name``, a torch.export program
             (``.pt2``) or a TorchScript file (``.pt``/``.ts``/``.pth``, or any existing file
-            given without ``:Name``; the file's content decides which).
+            given without ``:Name``; the file's content decides which), or a constructed
+            ``nn.Module`` (the library's ``audit(model)``: used as it is, kind ``"object"``,
+            its class's source file recorded when there is one).
         model_args: keyword arguments for ``Name`` (see :func:`parse_model_args`).
         weights: a state dict or checkpoint file, read with ``weights_only=True`` and loaded
             with ``strict=True`` after fitting its key prefix (:func:`apply_weights`).
@@ -144,6 +148,12 @@ def load_model(
     Raises:
         ModelError: anything that prevents loading, as one line naming the cause and the fix.
     """
+    if isinstance(spec, nn.Module):
+        loaded = _load_object(spec, model_args)
+        if weights is not None:
+            apply_weights(weights_target(loaded.module), Path(weights), loaded.name)
+            loaded = loaded._replace(weights_path=Path(weights))
+        return loaded
     spec = str(spec).strip()
     args = dict(model_args or {})
     target, sep, name = spec.rpartition(":")
@@ -182,6 +192,24 @@ def load_model(
         loaded = loaded._replace(weights_path=wpath)
     logger.debug("loaded %s model %s, weights %s", loaded.kind, loaded.name, loaded.weights_path)
     return loaded
+
+
+def _load_object(module: nn.Module, model_args: Mapping[str, object] | None) -> LoadedModel:
+    """A model constructed by the caller: no spec to load; its class names it."""
+    if model_args:
+        raise ModelError(
+            f"model arguments ({', '.join(model_args)}) do not apply to a constructed "
+            f"{type(module).__name__}: its constructor already ran"
+        )
+    cls = type(module)
+    try:
+        source = Path(inspect.getsourcefile(cls) or "").resolve()
+    except (TypeError, OSError):
+        source = None
+    source = source if source is not None and source.is_file() else None
+    name = f"{source.name}:{cls.__qualname__}" if source else f"{cls.__module__}.{cls.__qualname__}"
+    loaded = _loaded(module, name, name, "object", source)
+    return loaded._replace(sources=(source,) if source else ())
 
 
 def _load_from_file(spec: str, target: str, name: str, args: dict[str, object]) -> LoadedModel:

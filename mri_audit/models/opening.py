@@ -7,13 +7,14 @@ the fix, instead of a traceback in the middle of an audit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
 
 from mri_audit.data.datasets import SliceBatch
-from mri_audit.errors import DeviceError, ModelError
+from mri_audit.errors import DeviceError, ModelError, MriAuditError
+from mri_audit.models.entries import ModelEntry, with_arguments
 from mri_audit.models.estimator import DOMAINS, Reconstructor
 from mri_audit.models.loading import LoadedModel, load_model
 from mri_audit.mri.physics import MaskFunc, mask_to_tensor
@@ -22,6 +23,8 @@ __all__ = [
     "OpenedModel",
     "forward_domain",
     "open_model",
+    "open_entries",
+    "open_models",
     "validate_reconstructor",
     "resolve_domain",
 ]
@@ -201,3 +204,79 @@ def validate_reconstructor(
                     "attacks (fnaf-pgd, kspace-pgd) need; choose --attacks fnaf-rs,fnaf-fd"
                 )
     logger.info("validated %s (%s domain) on %s", name, domain, kspace.device)
+
+
+def open_models(
+    specs: Sequence[tuple[str, str | None]],
+    *,
+    model_args: Sequence[str],
+    input_domain: str | None,
+    normalize: str,
+    device: torch.device,
+    probe: SliceBatch,
+    mask_func: MaskFunc,
+    need_gradient: bool,
+    names: Sequence[str | None] | None = None,
+) -> list[OpenedModel]:
+    """Open every ``(spec, weights)``; ``--model-arg`` and ``--input`` apply to the first
+    (and to every model when all specs are the same model)."""
+    entries = [
+        ModelEntry(spec, names[i] if names else None, weights)
+        for i, (spec, weights) in enumerate(specs)
+    ]
+    entries[0] = entries[0]._replace(input=input_domain)
+    entries = with_arguments(entries, model_args)
+    return open_entries(
+        entries,
+        normalize=normalize,
+        device=device,
+        probe=probe,
+        mask_func=mask_func,
+        need_gradient=need_gradient,
+    )
+
+
+def open_entries(
+    entries: Sequence[ModelEntry],
+    *,
+    normalize: str,
+    device: torch.device,
+    probe: SliceBatch,
+    mask_func: MaskFunc,
+    need_gradient: bool,
+) -> list[OpenedModel]:
+    """Open, wrap and dry-run every model with its own settings; a model's error names it."""
+    opened = []
+    for i, entry in enumerate(entries):
+        try:
+            opened.append(
+                open_model(
+                    entry.spec,
+                    weights=entry.weights,
+                    model_args=dict(entry.args),
+                    input_domain=entry.input,
+                    normalize=entry.normalize or normalize,
+                    device=device,
+                    probe=probe,
+                    mask_func=mask_func,
+                    need_gradient=need_gradient,
+                    name=entry.name,
+                )
+            )
+        except MriAuditError as err:
+            if len(entries) == 1 and entry.name is None:
+                raise
+            message = str(err)
+            if i > 0:  # --model-arg KEY=VALUE reaches the main model only
+                message = message.replace(
+                    "(check --model-arg)",
+                    f"(give its arguments with --model-arg {entry.name}:KEY=VALUE, or args in "
+                    "its [[models]] table of --config)"
+                    if entry.name
+                    else "(name it with --compare NAME=SPEC and give its arguments with "
+                    "--model-arg NAME:KEY=VALUE, or use a [[models]] table of --config)",
+                )
+            role = "main model" if i == 0 else f"model {i + 1}"
+            new = type(err)(f"{role} {entry.label!r}: {message}")
+            raise new from None
+    return opened

@@ -29,7 +29,6 @@ __all__ = [
     "make_mask_func",
     "volume_seed",
     "apply_mask",
-    "zero_filled",
     "mask_to_tensor",
 ]
 
@@ -241,24 +240,3 @@ def apply_mask(kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         kspace: ``(B, coils, H, W)`` complex; mask: broadcastable bool, e.g. ``(B, 1, 1, W)``.
     """
     return kspace * mask.to(kspace.real.dtype)
-
-
-def zero_filled(
-    kspace: torch.Tensor, mask: torch.Tensor | None, crop: Sequence[int] | None = None
-) -> torch.Tensor:
-    """Zero-filled magnitude: mask, inverse FFT, root-sum-of-squares, centre crop.
-
-    Args:
-        kspace: full or already-masked k-space.
-        mask: column mask, or None when ``kspace`` is already masked.
-        crop: target size ``(h, w)``; None keeps the k-space grid.
-
-    Shape:
-        kspace: ``(B, coils, H, W)`` complex; returns ``(B, h, w)`` real.
-    """
-    if kspace.ndim != 4:
-        raise ValueError(f"k-space must be (B, coils, H, W), got shape {tuple(kspace.shape)}")
-    if mask is not None:
-        kspace = apply_mask(kspace, mask)
-    image = rss(ifft2c(kspace), dim=1)
-    return center_crop(image, crop) if crop is not None else image

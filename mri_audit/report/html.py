@@ -154,13 +154,11 @@ def load_audit(
 
 
 def _load_csv_records(audit: AuditInputs, records: Path) -> None:
-    import pandas as pd
 
-    from mri_audit.report.records_csv import spreadsheet_unsafe
+    from mri_audit.report.records_csv import read_records_csv
 
     try:
-        frame = pd.read_csv(records, dtype={"model": str, "attack": str, "volume": str})
-        audit.records = spreadsheet_unsafe(frame)
+        audit.records = read_records_csv(records)
     except FileNotFoundError:
         audit.notes.append(
             f"{records.name} was not found beside {audit.path.name}: the location heatmaps, score "

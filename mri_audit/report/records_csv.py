@@ -7,6 +7,7 @@ feature's pixels (kept as JSON in ``feature``).
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,14 @@ import pandas as pd
 
 from mri_audit.files import atomic_write
 
-__all__ = ["records_frame", "spreadsheet_safe", "spreadsheet_unsafe", "write_csv"]
+__all__ = [
+    "records_frame",
+    "spreadsheet_safe",
+    "spreadsheet_unsafe",
+    "records_csv_text",
+    "read_records_csv",
+    "write_csv",
+]
 
 
 def records_frame(records: Sequence[dict]) -> pd.DataFrame:
@@ -98,9 +106,20 @@ def spreadsheet_unsafe(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def write_csv(path: str | Path, records: Sequence[dict]) -> None:
-    """``records.csv``: one row per record, spreadsheet-safe (:func:`spreadsheet_safe`)."""
+def records_csv_text(records: Sequence[dict]) -> str:
+    """The text of ``records.csv``: spreadsheet-safe (:func:`spreadsheet_safe`), CRLF rows (RFC
+    4180: a CR or LF inside a text cell is then quoted, never a row break)."""
     frame = spreadsheet_safe(records_frame(records))
-    # CRLF rows (RFC 4180): a CR or LF inside a text cell is then quoted, never a row break.
-    text = frame.to_csv(index=False, lineterminator="\r\n")
-    atomic_write(path, text.encode("utf-8"))
+    return frame.to_csv(index=False, lineterminator="\r\n")
+
+
+def read_records_csv(source: str | Path | io.StringIO) -> pd.DataFrame:
+    """``records.csv`` (a path, or its text in a :class:`io.StringIO`) read back as a frame: the
+    report and :attr:`mri_audit.audit.result.AuditResult.records` read it the same way."""
+    frame = pd.read_csv(source, dtype={"model": str, "attack": str, "volume": str})
+    return spreadsheet_unsafe(frame)
+
+
+def write_csv(path: str | Path, records: Sequence[dict]) -> None:
+    """``records.csv``: one row per record (:func:`records_csv_text`), written atomically."""
+    atomic_write(path, records_csv_text(records).encode("utf-8"))
