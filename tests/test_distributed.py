@@ -53,6 +53,7 @@ def _torchrun(*args, cwd):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
 
 
+@pytest.mark.slow  # end to end, > 15 s on 2 cores
 def test_two_process_audit_equals_single_process(model, singlecoil_dir, tmp_path):
     common = [
         "--model",

@@ -213,6 +213,7 @@ def _doctor(lines: list[str], foreign: str, rng: random.Random) -> tuple[str, li
     return op, lines
 
 
+@pytest.mark.slow  # end to end, > 15 s on 2 cores
 def test_doctored_journals_are_refused_or_resume_identically(
     finished, tmp_path, singlecoil_dir, models
 ):
@@ -397,6 +398,7 @@ def test_an_empty_journal_does_not_block_the_next_run(tmp_path, singlecoil_dir, 
     _run(singlecoil_dir, models, out)
 
 
+@pytest.mark.slow  # end to end, > 15 s on 2 cores
 def test_two_resumes_at_once_one_is_refused(tmp_path, singlecoil_dir, models):
     out = tmp_path / "audit"
     cmd = [sys.executable, "-m", "mri_audit", *_args(singlecoil_dir, models, out)]

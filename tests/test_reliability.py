@@ -95,6 +95,7 @@ def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@pytest.mark.slow  # end to end, > 15 s on 2 cores
 def test_ctrl_c_saves_work_and_says_how_to_resume(flaky, tmp_path):
     data = tmp_path / "data"
     synth_dataset(data, volumes=6, slices=2, size=32, coils=1, seed=1)

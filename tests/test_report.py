@@ -603,6 +603,7 @@ def test_reread_journal_missing_or_corrupt(tmp_path, damage, message):
     assert not (tmp_path / "results.paper.json").exists()
 
 
+@pytest.mark.slow  # end to end, > 15 s on 2 cores
 def test_reread_real_audit_equals_fresh_audit(tmp_path):
     """A real audit re-read under `paper` gives fnaf-rs the numbers of a fresh `paper` audit."""
     import torch

@@ -17,6 +17,7 @@ from mri_audit.audit.stats import clustered_rate, wilson
 from mri_audit.audit.verdict import gate, paired_comparisons
 from mri_audit.errors import DataError
 from mri_audit.fnaf.criteria import QUANTITIES, Criterion
+from mri_audit.mri.metrics import nmse_from_sums, psnr_from_sums
 
 __all__ = ["reread", "wilson", "aggregate"]
 
@@ -59,9 +60,8 @@ def _clean(records: Sequence[dict], prefix: str = "clean_") -> dict:
             pixels = sum(r["clean_pixels"] for r in rows)
             data_range = max(r["data_range"] for r in rows)
             ssims.append(sum(r[f"{prefix}ssim"] for r in rows) / len(rows))
-            nmses.append(sq_err / sq_norm if sq_norm > 0 else float("nan"))
-            mse = sq_err / pixels
-            psnrs.append(10 * math.log10(data_range**2 / mse) if mse > 0 else float("inf"))
+            nmses.append(nmse_from_sums(sq_err, sq_norm))
+            psnrs.append(psnr_from_sums(sq_err, pixels, data_range))
         out[model] = {
             "ssim": float(np.mean(ssims)),
             "nmse": float(np.mean(nmses)),
@@ -193,13 +193,13 @@ def _transfer(records: Sequence[dict]) -> dict:
             if r["hit"]:
                 cell["conditional"].append((bool(replay["hit"]), r["volume"]))
 
-    def rate(pairs: list) -> dict:
+    def clustered(pairs: list) -> dict:
         return clustered_rate([h for h, _ in pairs], [v for _, v in pairs])
 
     return {
         attack: {
             src: {
-                tgt: {k: rate(c[k]) for k in ("unconditional", "own", "conditional")}
+                tgt: {k: clustered(c[k]) for k in ("unconditional", "own", "conditional")}
                 for tgt, c in targets.items()
             }
             for src, targets in sources.items()

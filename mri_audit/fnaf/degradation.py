@@ -16,7 +16,7 @@ import torch
 from mri_audit.fnaf.features import SliceContext
 from mri_audit.models.art_setup import EvasionAttack
 from mri_audit.models.estimator import Reconstructor
-from mri_audit.mri.metrics import ssim
+from mri_audit.mri.metrics import nmse_from_sums, psnr_from_sums, slice_sums, ssim
 
 __all__ = ["DegradationAttack", "DegradationResult", "degradation_records", "METRICS"]
 
@@ -94,10 +94,12 @@ class DegradationAttack(EvasionAttack):
             / torch.linalg.vector_norm(masked.flatten(1), dim=1).clamp_min(1e-30)
         }
         for tag, recon in (("clean", clean.float()), ("adv", attacked.float())):
-            err = (recon - ctx.target).square().flatten(1)
+            sums = slice_sums(recon, ctx.target)
             values[f"ssim_{tag}"] = ssim(recon, ctx.target, ctx.data_range)
-            values[f"nmse_{tag}"] = err.sum(1) / ctx.target.square().flatten(1).sum(1)
-            values[f"psnr_{tag}"] = 10 * torch.log10(ctx.data_range.square() / err.mean(1))
+            values[f"nmse_{tag}"] = nmse_from_sums(sums["sq_err"], sums["sq_norm"])
+            values[f"psnr_{tag}"] = psnr_from_sums(
+                sums["sq_err"], sums["num_pixels"], ctx.data_range
+            )
         return DegradationResult(values)
 
     def generate(self, x, y=None, *, mask=None, volumes=None, slices=None, **kwargs):

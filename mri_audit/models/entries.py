@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from mri_audit.errors import UsageError
+from mri_audit.models import DOMAINS, NORMALIZATIONS
 
 __all__ = [
     "ModelEntry",
@@ -41,8 +42,6 @@ _MAIN_FLAGS = (
     ("--model-name", "model_name"),
 )
 _TABLE_KEYS = ("name", "spec", "weights", "args", "input", "normalize")
-_DOMAINS = ("image", "kspace")
-_NORMALIZE = ("instance", "none")
 
 
 class ModelEntry(NamedTuple):
@@ -145,9 +144,9 @@ def entries_from_config(tables: object, path: str) -> list[ModelEntry]:
         args = table.get("args", {})
         if not isinstance(args, dict) or not all(k.isidentifier() for k in args):
             raise UsageError(f"{where}: args must be a table of constructor arguments")
-        if table.get("input") not in (None, *_DOMAINS):
+        if table.get("input") not in (None, *DOMAINS):
             raise UsageError(f"{where}: input must be 'image' or 'kspace', got {table['input']!r}")
-        if table.get("normalize") not in (None, *_NORMALIZE):
+        if table.get("normalize") not in (None, *NORMALIZATIONS):
             raise UsageError(
                 f"{where}: normalize must be 'instance' or 'none', got {table['normalize']!r}"
             )

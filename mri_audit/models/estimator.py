@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from mri_audit.models import DOMAINS, NORMALIZATIONS
 from mri_audit.models.art_setup import LossGradientsMixin, PyTorchEstimator
 from mri_audit.mri.operator import SamplingOperator
 from mri_audit.mri.physics import center_crop
@@ -37,8 +38,6 @@ __all__ = ["Reconstructor", "DOMAINS", "NORMALIZATIONS", "CLAMP"]
 
 logger = logging.getLogger(__name__)
 
-DOMAINS = ("image", "kspace")
-NORMALIZATIONS = ("instance", "none")
 CLAMP = 6.0
 _EPS = 1e-11
 

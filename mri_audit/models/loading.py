@@ -34,6 +34,7 @@ from typing import NamedTuple
 from torch import nn
 
 from mri_audit.errors import ModelError
+from mri_audit.models import DOMAINS
 from mri_audit.models.checkpoints import _exc_text, _names, _one_line, _require_file
 from mri_audit.models.exported import load_exported, load_torchscript, program_kind, weights_target
 from mri_audit.models.pyimport import import_model_file
@@ -51,7 +52,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PROGRAM_SUFFIXES = (".pt2", ".pt", ".ts", ".pth")
-INPUT_DOMAINS = ("image", "kspace")
 _MAX_LISTED = 10
 _MAX_KEYS = 5
 
@@ -364,7 +364,7 @@ def _loaded(
 ) -> LoadedModel:
     """Bundle the result, reading and checking the model's ``mri_audit_input``."""
     domain = domain if domain is not None else getattr(module, "mri_audit_input", None)
-    if domain is not None and domain not in INPUT_DOMAINS:
+    if domain is not None and domain not in DOMAINS:
         raise ModelError(f"{name}: mri_audit_input is {domain!r}; set it to 'image' or 'kspace'")
     return LoadedModel(module, spec, name, kind, source, None, domain)
 

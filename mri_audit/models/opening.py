@@ -14,8 +14,9 @@ import torch
 
 from mri_audit.data.datasets import SliceBatch
 from mri_audit.errors import DeviceError, ModelError, MriAuditError
+from mri_audit.models import DOMAINS
 from mri_audit.models.entries import ModelEntry, with_arguments
-from mri_audit.models.estimator import DOMAINS, Reconstructor
+from mri_audit.models.estimator import Reconstructor
 from mri_audit.models.loading import LoadedModel, load_model
 from mri_audit.mri.physics import MaskFunc, mask_to_tensor
 

@@ -24,6 +24,8 @@ __all__ = [
     "slice_sums",
     "nmse",
     "psnr",
+    "nmse_from_sums",
+    "psnr_from_sums",
     "VolumeMetrics",
     "ring4",
     "fnaf_region",
@@ -158,7 +160,7 @@ def nmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pred, target: ``(S, H, W)`` (one volume); returns a scalar.
     """
     s = slice_sums(pred, target)
-    return s["sq_err"].sum() / s["sq_norm"].sum()
+    return nmse_from_sums(s["sq_err"].sum(), s["sq_norm"].sum())
 
 
 def psnr(
@@ -178,8 +180,33 @@ def psnr(
     if data_range is None:
         data_range = target.max()
     dr = torch.as_tensor(data_range, dtype=s["sq_err"].dtype, device=pred.device)
-    mse = s["sq_err"].sum() / s["num_pixels"].sum()
-    return 10 * torch.log10(dr * dr / mse)
+    return psnr_from_sums(s["sq_err"].sum(), s["num_pixels"].sum(), dr)
+
+
+def nmse_from_sums(sq_err, sq_norm):
+    """NMSE from accumulated sums, ``sq_err / sq_norm``: the one NMSE formula of the package.
+
+    Floats give NaN when ``sq_norm`` is 0 (an all-zero target); tensors divide elementwise.
+
+    Shape:
+        sq_err, sq_norm: floats or tensors of one shape; returns the same.
+    """
+    if isinstance(sq_err, torch.Tensor):
+        return sq_err / sq_norm
+    return sq_err / sq_norm if sq_norm > 0 else math.nan
+
+
+def psnr_from_sums(sq_err, num_pixels, data_range):
+    """PSNR from accumulated sums, ``10 log10(data_range² / (sq_err / num_pixels))``: the one
+    PSNR formula of the package (inf for a perfect reconstruction).
+
+    Shape:
+        sq_err, num_pixels, data_range: floats or broadcastable tensors; returns the same.
+    """
+    if isinstance(sq_err, torch.Tensor):
+        return 10 * torch.log10(data_range * data_range / (sq_err / num_pixels))
+    mse = sq_err / num_pixels
+    return 10 * math.log10(data_range * data_range / mse) if mse > 0 else math.inf
 
 
 class VolumeMetrics:
@@ -271,11 +298,10 @@ class VolumeMetrics:
                     "pass the volume's maximum for every slice",
                     stacklevel=2,
                 )
-            mse = err / npix
             out[name] = {
                 "ssim": s / count,
-                "nmse": err / norm if norm > 0 else math.nan,
-                "psnr": 10 * math.log10(hi * hi / mse) if mse > 0 else math.inf,
+                "nmse": nmse_from_sums(err, norm),
+                "psnr": psnr_from_sums(err, npix, hi),
                 "slices": count,
             }
         return out

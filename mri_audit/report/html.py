@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 from mri_audit.errors import DataError
 from mri_audit.files import SCHEMA_VERSION, atomic_write
 from mri_audit.fnaf.criteria import criterion_of
-from mri_audit.report.method import SCORE_LABEL, fmt, methodology, num, pct, rate, score_spec
+from mri_audit.report.method import SCORE_LABEL, fmt, methodology, num, pct, rate_cells, score_spec
 from mri_audit.report.sections import record_figures, transfer_section, worst_cases
 
 MODEL_KEYS = (
@@ -186,9 +186,9 @@ def _attack_rows(results: dict, limit: float | None, criterion: str) -> list[dic
                 mean = {q: (a.get(q) or {}).get("mean") for q in ("score", "r", "r0", "e")}
                 row.update(
                     found=a.get("found", 0),
-                    attack_rate=rate(a.get("attack_rate"), limit),
-                    ip_acceptance=rate(a.get("ip_acceptance")),
-                    control_rate=rate(a.get("control_rate")),
+                    attack_rate=rate_cells(a.get("attack_rate"), limit),
+                    ip_acceptance=rate_cells(a.get("ip_acceptance")),
+                    control_rate=rate_cells(a.get("control_rate")),
                     score_mean=num(mean["score"], score_spec(criterion)),
                     r_mean=num(mean["r"], ".3f"),
                     r0_mean=num(mean["r0"], ".3f"),
@@ -215,7 +215,7 @@ def _verdict(results: dict, criterion) -> dict:
     v = results["verdict"]
     worst, limit = v.get("worst"), v.get("max_attack_rate")
     by_attack = results["attacks"].get((worst or {}).get("model")) or {}
-    ci = rate((by_attack.get((worst or {}).get("attack")) or {}).get("attack_rate"))
+    ci = rate_cells((by_attack.get((worst or {}).get("attack")) or {}).get("attack_rate"))
     status = v.get("status") or {True: "pass", False: "fail"}.get(v.get("passed"), "none")
     labels = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}
     label = labels.get(status, "NO THRESHOLD" if worst else "NO RESULT")

@@ -11,14 +11,14 @@ import json
 import math
 
 from mri_audit.fnaf.criteria import CRITERIA, Criterion, make_criterion
+from mri_audit.fnaf.window import make_window
 
 __all__ = [
-    "window_box",
     "methodology",
     "fmt",
     "pct",
     "num",
-    "rate",
+    "rate_cells",
     "score_spec",
     "SCORE_LABEL",
     "THRESHOLD_KEYS",
@@ -47,7 +47,7 @@ def num(v: float | None, spec: str = ".2e") -> str:
     return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text
 
 
-def rate(r: dict | None, limit: float | None = None) -> dict:
+def rate_cells(r: dict | None, limit: float | None = None) -> dict:
     """A Wilson-rated dict as display strings: value, 95% CI and count/total."""
     r = r or {}
     value = r.get("value")
@@ -65,21 +65,6 @@ SCORE_LABEL = {"erasure": "min(e, r₀)", "recovery": "−r", "paper": "L"}
 def score_spec(criterion: str) -> str:
     """The format of a criterion's score (``L`` is small: scientific notation)."""
     return ".2e" if criterion == "paper" else ".3f"
-
-
-def window_box(spec, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The feature window (as :func:`mri_audit.fnaf.features.make_window`, without torch).
-
-    Args:
-        spec: a fraction of each side (centred), or ``(top, left, height, width)``.
-        shape: ``(h, w)`` of the target.
-    """
-    h, w = shape
-    if isinstance(spec, (int, float)):
-        wh, ww = max(1, round(h * float(spec))), max(1, round(w * float(spec)))
-        return (h - wh) // 2, (w - ww) // 2, wh, ww
-    top, left, wh, ww = (int(v) for v in spec)
-    return top, left, wh, ww
 
 
 def _criteria(config: dict, active: Criterion) -> list[dict]:
@@ -123,12 +108,14 @@ def methodology(
     accel = config.get("accel")
     cf = config.get("center_fraction")
     if cf is None and accel:
-        default = {4: 0.08, 8: 0.04}.get(accel, 0.32 / accel)
+        from mri_audit.mri.physics import default_center_fraction
+
+        default = default_center_fraction(accel)
         cf = f"{default:g} (fastMRI default for {accel:g}×)"
     if isinstance(window, (int, float)):
         win = f"a centred window of {window:g} of each side of the target"
         if shape:
-            _, _, wh, ww = window_box(window, shape)
+            _, _, wh, ww = make_window(shape, window)
             win += f" ({wh}×{ww} px of a {shape[0]}×{shape[1]} target)"
     else:
         win = f"the window (top, left, height, width) = {tuple(window or ())}"

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mri_audit.report.method import SCORE_LABEL, num, rate, score_spec, window_box
+from mri_audit.fnaf.window import make_window
+from mri_audit.report.method import SCORE_LABEL, num, rate_cells, score_spec
 
 if TYPE_CHECKING:
     from mri_audit.report.html import AuditInputs
@@ -73,7 +74,7 @@ def record_figures(audit: AuditInputs) -> dict:
             titles[k]: (g["row"][g["hit"]].dropna(), g["col"][g["hit"]].dropna())
             for k, g in groups.items()
         }
-        window = window_box(r["window_fraction"], shape)
+        window = make_window(shape, r["window_fraction"])
         out["heatmap"] = figures.location_heatmaps(
             hits, window=window, shape=shape, background=mean, ncols=ncols
         )
@@ -123,9 +124,9 @@ def transfer_section(results: dict, names: list[str]) -> tuple[list[dict], str |
                 if src == tgt:
                     row.append(None)
                     continue
-                cell = rate(cond)
-                cell["unconditional"] = rate(w.get("unconditional"))
-                cell["own"] = rate(w.get("own"))
+                cell = rate_cells(cond)
+                cell["unconditional"] = rate_cells(w.get("unconditional"))
+                cell["own"] = rate_cells(w.get("own"))
                 row.append(cell)
             rows.append({"source": src, "cells": row})
         tables.append({"title": key, "targets": names, "rows": rows})

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["attack_table", "paired_table", "rate"]
+__all__ = ["attack_table", "paired_table", "rate_text"]
 
 
-def rate(r: dict | None) -> str:
+def rate_text(r: dict | None) -> str:
     """``42.0% [35.1–49.2]`` for a Wilson-rated dict, ``n/a`` when empty."""
     if not r or r.get("value") is None:
         return "n/a"
@@ -51,11 +51,11 @@ def attack_table(results: dict) -> str:
                 )
                 continue
             line = (
-                f"{model:<{mw}}{attack:<12}{rate(a['attack_rate']):>22}"
-                f"{rate(a['ip_acceptance']):>22}"
+                f"{model:<{mw}}{attack:<12}{rate_text(a['attack_rate']):>22}"
+                f"{rate_text(a['ip_acceptance']):>22}"
             )
             if control:
-                line += f"{rate(a.get('control_rate')):>22}"
+                line += f"{rate_text(a.get('control_rate')):>22}"
             for q in ("r", "r0", "e"):
                 mean = (a.get(q) or {}).get("mean")
                 line += f"{(f'{mean:.3f}' if mean is not None else 'n/a'):>9}"
