@@ -109,12 +109,16 @@ def test_ctrl_c_while_the_group_parses_exits_130(monkeypatch):
 # ---------------------------------------------------------------- ART's config and data folder
 
 
-def _python(code: str, env: dict[str, str | None]) -> subprocess.CompletedProcess:
+def _start(code: str, env: dict[str, str | None]) -> subprocess.Popen:
     full = {k: v for k, v in os.environ.items() if k not in env}
     full.update({k: v for k, v in env.items() if v is not None})
     full["PYTHONPATH"] = os.pathsep.join([str(PACKAGE.parent), full.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=300
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -129,14 +133,38 @@ CHECK = textwrap.dedent("""
 """)
 
 
-def test_importing_art_writes_nothing_in_home(tmp_path):
+@pytest.fixture(scope="module")
+def art_imports(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """ART imported in fresh interpreters, all at once: a usable home, an unusable cache folder,
+    no HOME at all. Each gives its folder and what the child saw after importing ART."""
     import json
 
-    home, cache = tmp_path / "home", tmp_path / "cache"
-    home.mkdir()
-    done = _python(CHECK, {"HOME": str(home), "XDG_CACHE_HOME": str(cache)})
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    roots = {k: tmp_path_factory.mktemp(k) for k in ("home", "fallback", "no_home")}
+    for key in ("home", "fallback"):
+        (roots[key] / "home").mkdir()
+    (roots["fallback"] / "a-file").write_text("not a folder")
+    envs = {
+        "home": {"HOME": "home", "XDG_CACHE_HOME": "cache"},
+        "fallback": {"HOME": "home", "XDG_CACHE_HOME": "a-file", "TMPDIR": ""},
+        "no_home": {"HOME": None, "XDG_CACHE_HOME": "cache"},
+    }
+    procs = {
+        key: _start(CHECK, {k: None if v is None else str(roots[key] / v) for k, v in env.items()})
+        for key, env in envs.items()
+    }
+    out = {}
+    for key, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        out[key] = (roots[key], json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def test_importing_art_writes_nothing_in_home(art_imports):
+    import json
+
+    root, got = art_imports["home"]
+    home, cache = root / "home", root / "cache"
     assert not (home / ".art").exists() and list(home.iterdir()) == []
     folder = cache / "mri-audit" / "art"
     assert json.loads((folder / ".art" / "config.json").read_text()) == {
@@ -146,30 +174,17 @@ def test_importing_art_writes_nothing_in_home(tmp_path):
     assert got["home"] == got["before"] == str(home)  # the environment is restored
 
 
-def test_art_falls_back_to_a_private_temporary_folder(tmp_path):
-    import json
-
-    home = tmp_path / "home"
-    home.mkdir()
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    done = _python(
-        CHECK, {"HOME": str(home), "XDG_CACHE_HOME": str(blocker), "TMPDIR": str(tmp_path)}
-    )
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert not (home / ".art").exists()
-    assert Path(got["data"]).is_relative_to(tmp_path) and not Path(got["data"]).is_relative_to(home)
+def test_art_falls_back_to_a_private_temporary_folder(art_imports):
+    root, got = art_imports["fallback"]
+    assert not (root / "home" / ".art").exists()
+    data = Path(got["data"])
+    assert data.is_relative_to(root) and not data.is_relative_to(root / "home")
 
 
-def test_art_without_home_leaves_home_unset(tmp_path):
-    import json
-
-    done = _python(CHECK, {"HOME": None, "XDG_CACHE_HOME": str(tmp_path / "cache")})
-    assert done.returncode == 0, done.stderr
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+def test_art_without_home_leaves_home_unset(art_imports):
+    root, got = art_imports["no_home"]
     assert got["home"] is None and got["before"] is None
-    assert got["data"] == str(tmp_path / "cache" / "mri-audit" / "art" / "data")
+    assert got["data"] == str(root / "cache" / "mri-audit" / "art" / "data")
 
 
 _DIRECT = re.compile(r"^\s*(import art\b|from art(\.| import))", re.MULTILINE)

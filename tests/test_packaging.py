@@ -124,6 +124,9 @@ def test_ci_tests_every_declared_lower_bound():
     for name, bound in bounds.items():
         assert Version(pins[name]) == Version(bound), name
     assert Version(bounds["torch"]) >= Version("2.5")  # torch.OutOfMemoryError
+    # The README states the torch bound users may rely on; it is the tested one.
+    stated = re.search(r"Any `torch>=([0-9.]+)` works", (ROOT / "README.md").read_text())
+    assert stated and Version(stated.group(1)) == Version(bounds["torch"])
 
 
 def test_licence_and_type_information_ship():

@@ -20,6 +20,7 @@ from mri_audit.errors import ModelError
 from mri_audit.hashing import sha256_file
 from mri_audit.models.loading import (
     LoadedModel,
+    imported_packages,
     load_model,
     load_state_dict,
     parse_model_args,
@@ -567,3 +568,24 @@ def test_fastmri_varnet_layouts() -> None:
         model_args=parse_model_args(["num_cascades=1", "sens_chans=2", "chans=2", "pools=2"]),
     )
     assert type(loaded.module) is VarNet and loaded.input_domain is None
+
+
+def test_model_packages_follow_what_is_installed(tmp_path: Path, monkeypatch) -> None:
+    """The provenance's package list sees a distribution installed after an earlier audit."""
+    import types
+
+    site = tmp_path / "site"
+    (site / "mriauditfakedep").mkdir(parents=True)
+    (site / "mriauditfakedep" / "__init__.py").write_text("")
+    module = types.ModuleType("mriaudit_fake_model")
+    module.dep = types.ModuleType("mriauditfakedep")
+    module.Net = type("Net", (nn.Module,), {"__module__": "mriaudit_fake_model"})
+    monkeypatch.setitem(sys.modules, "mriaudit_fake_model", module)
+    monkeypatch.syspath_prepend(str(site))
+    assert "mriauditfakedep" not in imported_packages(module.Net())
+    info = site / "mriauditfakedep-1.2.3.dist-info"
+    info.mkdir()  # installed now: the folder on sys.path has changed
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mriauditfakedep\nVersion: 1.2.3\n")
+    (info / "top_level.txt").write_text("mriauditfakedep\n")
+    os.utime(site, ns=(1, 1))  # a coarse filesystem clock must not hide the change either
+    assert imported_packages(module.Net())["mriauditfakedep"] == "1.2.3"

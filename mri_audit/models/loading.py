@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import inspect
 import logging
+import os
 import sys
 import traceback
 import types
@@ -248,7 +250,7 @@ def imported_packages(model: nn.Module) -> dict[str, str]:
                 tops.add(value.__name__.split(".")[0])
             elif isinstance(getattr(value, "__module__", None), str):
                 tops.add(value.__module__.split(".")[0])
-    dists = metadata.packages_distributions()
+    dists = _distributions(_path_state())
     out: dict[str, str] = {}
     for top in sorted(tops):
         for dist in dists.get(top, []):
@@ -386,3 +388,22 @@ def _load_program(spec: str, target: str, args: dict[str, object]) -> LoadedMode
         module, domain = load_torchscript(path, target), None
     loaded = _loaded(module, spec, path.name, kind, path.resolve(), domain)
     return loaded._replace(sources=(path.resolve(),))
+
+
+def _path_state() -> tuple:
+    """``sys.path`` with each folder's modification time: an install or removal changes it."""
+    state = []
+    for entry in sys.path:
+        try:
+            state.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            state.append((entry, None))
+    return tuple(state)
+
+
+@functools.lru_cache(maxsize=4)
+def _distributions(path_state: tuple) -> Mapping[str, list[str]]:
+    """Top-level module -> distributions, read once per state of ``sys.path`` (0.1 s a read)."""
+    import importlib.metadata as metadata
+
+    return metadata.packages_distributions()
