@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,6 +21,16 @@ class FastMRIDirs(NamedTuple):
 
     single: Path
     multi: Path
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker's torch gets its share of the cores, not all of them
+    (two workers each spinning two threads on two cores run slower than one)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
 SINGLE = dict(volumes=2, slices=4, size=64, coils=1, kspace_shape=(128, 72), seed=11)
