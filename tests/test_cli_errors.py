@@ -143,9 +143,9 @@ def art_imports(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     for key in ("home", "fallback"):
         (roots[key] / "home").mkdir()
     (roots["fallback"] / "a-file").write_text("not a folder")
-    envs = {
+    envs = {  # paths relative to each case's own folder; TMPDIR "." is that folder itself
         "home": {"HOME": "home", "XDG_CACHE_HOME": "cache"},
-        "fallback": {"HOME": "home", "XDG_CACHE_HOME": "a-file", "TMPDIR": ""},
+        "fallback": {"HOME": "home", "XDG_CACHE_HOME": "a-file", "TMPDIR": "."},
         "no_home": {"HOME": None, "XDG_CACHE_HOME": "cache"},
     }
     procs = {
@@ -153,10 +153,16 @@ def art_imports(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
         for key, env in envs.items()
     }
     out = {}
-    for key, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr
-        out[key] = (roots[key], json.loads(stdout.strip().splitlines()[-1]))
+    try:
+        for key, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=300)
+            assert proc.returncode == 0, stderr
+            out[key] = (roots[key], json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     return out
 
 
