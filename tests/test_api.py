@@ -108,7 +108,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
             name="m",
             compare=[ModelEntry(f"{EX}/zero_filled.py:ZeroFilled", "m")],
         )
-    with pytest.raises(TypeError, match="spec string, an nn.Module or a ModelEntry"):
+    with pytest.raises(UsageError, match="an nn.Module, a .spec, weights. pair or a ModelEntry"):
         mri_audit.audit(42)
     with pytest.raises(ModelError, match="model file not found"):
         mri_audit.audit(str(tmp_path / "missing.py") + ":Net")

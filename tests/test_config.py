@@ -7,14 +7,14 @@ from click.testing import CliRunner
 
 from mri_audit.cli import cli
 from mri_audit.cli.config_files import read_config
-from mri_audit.cli.run import run
 from mri_audit.errors import UsageError
+from mri_audit.settings import RUN
 
 
 def _read(tmp_path, text: str) -> dict:
     path = tmp_path / "audit.toml"
     path.write_text(text)
-    return read_config(path, run)
+    return read_config(path, RUN)
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ def _read(tmp_path, text: str) -> dict:
     [
         ("accel = 8", {"accel": 8}),
         ("threshold = 0.002\nmargin = 0.5", {"threshold": 0.002, "margin": 0.5}),
-        ('attacks = ["fnaf-rs", "fnaf-pgd"]', {"attack_list": "fnaf-rs,fnaf-pgd"}),
+        ('attacks = ["fnaf-rs", "fnaf-pgd"]', {"attack_list": ["fnaf-rs", "fnaf-pgd"]}),
         ('compare = "a.py:Net=w.pt"', {"compare": ["a.py:Net=w.pt"]}),
         ('compare = ["a.py:Net", "b.py:Net"]', {"compare": ["a.py:Net", "b.py:Net"]}),
         ('model-arg = ["chans=8"]', {"model_args": ["chans=8"]}),
@@ -41,44 +41,161 @@ def test_good_values_pass(tmp_path, text, expected):
 @pytest.mark.parametrize(
     "text, phrase",
     [
-        # inf and nan, which TOML allows, for every kind of numeric key
-        ("threshold = inf", "'threshold' in {path}: expected a finite number (x>=0), got inf"),
-        ("threshold = -inf", "got -inf"),
-        ("margin = nan", "'margin' in {path}: expected a finite number (0<x<=1), got nan"),
-        ("accel = inf", "'accel' in {path}: expected a finite number, got inf"),
-        ("center-fraction = nan", "'center-fraction' in {path}: expected a finite number"),
-        ("min-recovery = nan", "'min-recovery'"),
-        ("ip-epsilon = inf", "'ip-epsilon'"),
-        ("window = nan", "'window'"),
-        ("max-attack-rate = nan", "'max-attack-rate'"),
-        ("max-slices = inf", "'max-slices' in {path}: expected an integer (x>=1), got inf"),
-        ("seed = nan", "'seed' in {path}: expected an integer, got nan"),
-        ("batch-size = inf", "'batch-size' in {path}: expected 'auto' or a positive integer"),
-        ("feature-steps = nan", "'feature-steps'"),
-        # dates and times
-        ("seed = 1979-05-27", "'seed' in {path}: expected an integer, got a TOML date/time"),
-        ("accel = 07:32:00", "'accel' in {path}: expected a finite number, got a TOML date"),
-        ("weights = 1979-05-27T07:32:00Z", "'weights' in {path}: expected a path (a string)"),
-        ('compare = ["a.py:X", 1979-05-27]', "'compare'"),
-        # tables and arrays where one value is expected
-        ("accel = [4, 8]", "'accel' in {path}: expected a finite number, got an array"),
-        ('model = ["a.py:X"]', "'model' in {path}: expected a string (SPEC), got an array"),
-        ("model = {a = 1}", "'model' in {path}: expected a string (SPEC), got a table"),
-        ('[[compare]]\nspec = "b.py:X"', "'compare' in {path}: expected a string"),
-        ('compare = [{spec = "b.py:X"}]', "got an array of tables"),
-        ('compare = {spec = "b.py:X"}', "got a table"),
-        ("model-arg = [[1]]", "got an array of arrays"),
-        ('model-arg = ["chans=8", 3]', "'model-arg' in {path}: expected a string (KEY=VALUE)"),
-        ('attacks = ["fnaf-rs", 3]', "'attacks' in {path}: expected a string or an array"),
-        ("[run]\naccel = 8", "has a table [run]"),
-        # numbers of the wrong kind
-        ("seed = 1.5", "'seed' in {path}: expected an integer, got 1.5"),
-        ("seed = true", "'seed' in {path}: expected an integer, got true"),
-        ("candidates = 2.0", "expected an integer (x>=1), got 2.0"),
-        ("resume = 1", "'resume' in {path}: expected true or false, got 1"),
-        ("out = 3", "'out' in {path}: expected a path (a string), got 3"),
-        ("mask = 3", "'mask' in {path}: expected one of 'random', 'equispaced', got 3"),
-        ('mask = "zigzag"', "'mask' in {path}: 'zigzag' is not one of"),
+        (
+            "threshold = inf",
+            "config key 'threshold' in {path}: --threshold must be a number >= 0, got inf",
+        ),
+        (
+            "threshold = -inf",
+            "config key 'threshold' in {path}: --threshold must be a number >= 0, got -inf",
+        ),
+        (
+            "margin = nan",
+            "config key 'margin' in {path}: --margin must be a number in (0, 1] (a share of "
+            "the feature's contrast), got nan",
+        ),
+        (
+            "accel = inf",
+            "config key 'accel' in {path}: --accel must be a number >= 1 (the undersampling "
+            "factor; 1 is fully sampled), got inf",
+        ),
+        (
+            "center-fraction = nan",
+            "config key 'center-fraction' in {path}: --center-fraction must be a number in (0, "
+            "1], got nan",
+        ),
+        (
+            "min-recovery = nan",
+            "config key 'min-recovery' in {path}: --min-recovery must be a number in (0, 1] (a "
+            "share of the feature's contrast), got nan",
+        ),
+        (
+            "ip-epsilon = inf",
+            "config key 'ip-epsilon' in {path}: --ip-epsilon must be a number >= 0, got inf",
+        ),
+        (
+            "window = nan",
+            "config key 'window' in {path}: --window must be a number in (0, 1], got nan",
+        ),
+        (
+            "max-attack-rate = nan",
+            "config key 'max-attack-rate' in {path}: --max-attack-rate must be a number in [0, "
+            "1] (a fraction of the slices: 0.2 is 20%), got nan",
+        ),
+        (
+            "max-slices = inf",
+            "config key 'max-slices' in {path}: --max-slices must be an integer >= 1, got inf",
+        ),
+        (
+            "seed = nan",
+            "config key 'seed' in {path}: --seed must be an integer in [0, 4294967295], got nan",
+        ),
+        (
+            "batch-size = inf",
+            "config key 'batch-size' in {path}: --batch-size must be 'auto' or a positive "
+            "integer, got inf",
+        ),
+        (
+            "feature-steps = nan",
+            "config key 'feature-steps' in {path}: --feature-steps must be a whole number N >= "
+            "1 or a range LOW-HIGH with 1 <= LOW <= HIGH, got nan",
+        ),
+        (
+            "seed = 1979-05-27",
+            "config key 'seed' in {path}: --seed must be an integer in [0, 4294967295], got a "
+            "date/time (1979-05-27)",
+        ),
+        (
+            "accel = 07:32:00",
+            "config key 'accel' in {path}: --accel must be a number >= 1 (the undersampling "
+            "factor; 1 is fully sampled), got a date/time (07:32:00)",
+        ),
+        (
+            "weights = 1979-05-27T07:32:00Z",
+            "config key 'weights' in {path}: --weights must be a path, got a date/time "
+            "(1979-05-27T07:32:00+00:00)",
+        ),
+        (
+            'compare = ["a.py:X", 1979-05-27]',
+            "config key 'compare' in {path}: --compare must be a string "
+            "([NAME=]SPEC[=WEIGHTS]), got a date/time (1979-05-27)",
+        ),
+        (
+            "accel = [4, 8]",
+            "config key 'accel' in {path}: --accel must be a number >= 1 (the undersampling "
+            "factor; 1 is fully sampled), got a list",
+        ),
+        (
+            'model = ["a.py:X"]',
+            "config key 'model' in {path}: --model must be a string (SPEC), got a list",
+        ),
+        (
+            "model = {a = 1}",
+            "config key 'model' in {path}: --model must be a string (SPEC), got a table",
+        ),
+        (
+            '[[compare]]\nspec = "b.py:X"',
+            "config key 'compare' in {path}: --compare must be a string "
+            "([NAME=]SPEC[=WEIGHTS]), got a table",
+        ),
+        (
+            'compare = [{spec = "b.py:X"}]',
+            "config key 'compare' in {path}: --compare must be a string "
+            "([NAME=]SPEC[=WEIGHTS]), got a table",
+        ),
+        (
+            'compare = {spec = "b.py:X"}',
+            "config key 'compare' in {path}: --compare must be a string "
+            "([NAME=]SPEC[=WEIGHTS]), got a table",
+        ),
+        (
+            "model-arg = [[1]]",
+            "config key 'model-arg' in {path}: --model-arg must be a string (KEY=VALUE), got a "
+            "list",
+        ),
+        (
+            'model-arg = ["chans=8", 3]',
+            "config key 'model-arg' in {path}: --model-arg must be a string (KEY=VALUE), got 3",
+        ),
+        (
+            'attacks = ["fnaf-rs", 3]',
+            "config key 'attacks' in {path}: --attacks must be comma-separated names (or a "
+            "list of them), got a list",
+        ),
+        (
+            "[run]\naccel = 8",
+            "config file {path} has a table [run]; write this command's options as keys at the "
+            "top of the file (e.g. accel = 8), not in a table",
+        ),
+        (
+            "seed = 1.5",
+            "config key 'seed' in {path}: --seed must be an integer in [0, 4294967295], got 1.5",
+        ),
+        (
+            "seed = true",
+            "config key 'seed' in {path}: --seed must be an integer in [0, 4294967295], got true",
+        ),
+        (
+            "candidates = 2.0",
+            "config key 'candidates' in {path}: --candidates must be an integer >= 1, got 2.0",
+        ),
+        (
+            "resume = 1",
+            "config key 'resume' in {path}: --resume must be true or false, got 1",
+        ),
+        (
+            "out = 3",
+            "config key 'out' in {path}: --out must be a path, got 3",
+        ),
+        (
+            "mask = 3",
+            "config key 'mask' in {path}: --mask must be one of 'random', 'equispaced', got 3",
+        ),
+        (
+            'mask = "zigzag"',
+            "config key 'mask' in {path}: --mask must be one of 'random', 'equispaced', got "
+            "'zigzag'",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_key_file_and_expectation(tmp_path, text, phrase):

@@ -243,7 +243,7 @@ def test_a_stopped_before_after_audit_keeps_the_checkpoint(tmp_path, harden_dir,
 @pytest.mark.parametrize(
     "extra, code, phrase",
     [
-        (["--accel", "0.5"], 2, "--accel must be >= 1"),
+        (["--accel", "0.5"], 2, "--accel must be a number >= 1"),
         (["--feature-steps-range", "50-10"], 2, "--feature-steps-range"),
         (["--lr", "0"], 2, "--lr"),
         (["--loss", "huber"], 2, "--loss"),

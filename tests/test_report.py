@@ -548,14 +548,17 @@ def test_reread_thresholds_of_the_same_criterion(tmp_path):
     [
         (
             ["--criterion", "nope"],
-            "unknown criterion 'nope'; choose one of erasure, recovery, paper",
+            "--criterion must be one of 'erasure', 'recovery', 'paper', got 'nope'",
         ),
-        (["--criterion", "erasure", "--margin", "0"], "--margin: margin must be in (0, 1]"),
-        (["--margin", "1.5"], "must be in (0, 1], got 1.5"),
-        (["--margin", "nan"], "must be in (0, 1]"),
+        (["--criterion", "erasure", "--margin", "0"], "--margin must be a number in (0, 1]"),
+        (
+            ["--margin", "1.5"],
+            "must be a number in (0, 1] (a share of the feature's contrast), got '1.5'",
+        ),
+        (["--margin", "nan"], "must be a number in (0, 1]"),
         (["--criterion", "paper", "--margin", "0.2"], "--margin applies to --criterion erasure"),
         (["--criterion", "recovery", "--min-recovery", "0"], "--min-recovery"),
-        (["--criterion", "paper", "--threshold", "-1"], "--threshold: threshold must be"),
+        (["--criterion", "paper", "--threshold", "-1"], "--threshold must be a number >= 0"),
     ],
 )
 def test_reread_usage_errors(tmp_path, args, message):

@@ -325,7 +325,7 @@ def test_bad_criterion_options_exit_2_before_any_work(
     result = _run(tmp_path, singlecoil_dir, models, *flags, check=False)
     assert result.exit_code == 2 and phrase in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
-    assert result.output.startswith("Error: ") and "--help" in result.output
+    assert result.output.startswith("Error: ") and "must be" in result.output
     assert not (tmp_path / "audit").exists()
 
 

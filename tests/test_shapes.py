@@ -260,7 +260,7 @@ def test_attacks_draw_shapes_through_estimator():
 
 
 def test_cli_shapes_match_the_module():
-    from mri_audit.cli.run import FEATURE_SHAPES
+    from mri_audit.settings.catalog import FEATURE_SHAPES
 
     assert FEATURE_SHAPES == SHAPES
 
@@ -287,7 +287,7 @@ def test_run_feature_disk_end_to_end(tmp_path):
     assert "A disk (radius 3 px (fnaf-rs); radius 2 px (fnaf-pgd))" in feature
     assert "random walk" not in feature
     bad = CliRunner().invoke(cli, [*args[:5], "--feature-steps", "5", "--out", str(tmp_path / "b")])
-    assert bad.exit_code != 0 and "feature_size" in bad.output
+    assert bad.exit_code == 2 and "--feature-size" in bad.output
 
 
 def test_feature_size_flag_sizes_every_fnaf_attack(tmp_path):

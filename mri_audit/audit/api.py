@@ -31,6 +31,7 @@ from typing import Any
 from torch import nn
 
 from mri_audit.audit.auditor import DEFAULT_ATTACKS
+from mri_audit.audit.keywords import KEYWORDS, SETTINGS, check_keywords, model_entry
 from mri_audit.audit.result import AuditResult
 from mri_audit.audit.run_setup import (
     attack_classes_for,
@@ -46,6 +47,7 @@ from mri_audit.models.entries import ModelEntry, check_files, with_arguments
 
 __all__ = ["audit", "AuditInterrupted", "ModelLike"]
 
+
 logger = logging.getLogger(__name__)
 
 ModelLike = str | nn.Module | ModelEntry
@@ -59,20 +61,6 @@ class AuditInterrupted(KeyboardInterrupt):
     def __init__(self, out: Path | None, saved: int) -> None:
         super().__init__(f"{saved} records are saved in {out}")
         self.out, self.saved = out, saved
-
-
-def _entry(model: ModelLike, name: str | None = None, weights: str | None = None) -> ModelEntry:
-    if isinstance(model, ModelEntry):
-        return model if name is None else model._replace(name=name)
-    if isinstance(model, (str, Path)):
-        return ModelEntry(str(model), name, None if weights is None else str(weights))
-    if isinstance(model, nn.Module):
-        return ModelEntry(model, name, None if weights is None else str(weights))
-    if isinstance(model, tuple) and len(model) == 2:  # (spec, weights)
-        return _entry(model[0], name, model[1])
-    raise TypeError(
-        f"a model is a spec string, an nn.Module or a ModelEntry, not {type(model).__name__}"
-    )
 
 
 def audit(
@@ -156,9 +144,12 @@ def audit(
     """
     from mri_audit.audit.distributed import init_distributed, shutdown
 
-    entries = [_entry(model, name, weights), *(_entry(c) for c in compare)]
-    if input_domain is not None:
-        entries[0] = entries[0]._replace(input=input_domain)
+    given = {k: v for k, v in locals().items() if k in KEYWORDS}
+    c, compare = check_keywords(given, model_args, compare, attack_options)
+    entries = [model_entry(model, c["name"], c["weights"])]
+    entries += [model_entry(m, what="compare") for m in compare]
+    if c["input_domain"] is not None:
+        entries[0] = entries[0]._replace(input=c["input_domain"])
     if isinstance(model_args, Mapping):
         entries[0] = entries[0]._replace(args={**entries[0].args, **model_args})
     else:
@@ -167,27 +158,9 @@ def audit(
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UsageError(f"two models are named {twice[0]!r}; give each model its own name")
-    settings = {
-        "accel": accel,
-        "center_fraction": center_fraction,
-        "mask_type": mask_type,
-        "attacks": tuple(attacks),
-        "attack_options": {k: dict(v) for k, v in (attack_options or {}).items()},
-        "criterion": criterion,
-        "margin": margin,
-        "min_recovery": min_recovery,
-        "threshold": threshold,
-        "ip_epsilon": ip_epsilon,
-        "candidates": candidates,
-        "feature": feature,
-        "feature_steps": feature_steps,
-        "feature_size": feature_size,
-        "feature_width": feature_width,
-        "window": window,
-        "insert": insert,
-        "seed": seed,
-        "precision": precision,
-    }
+    settings = {k: c[k] for k in SETTINGS}
+    settings["attack_options"] = {k: dict(v) for k, v in (attack_options or {}).items()}
+    out, data, device = c["out"], c["data"], c["device"]
     owned = out is None
     folder = Path(tempfile.mkdtemp(prefix="mri-audit-")) if owned else Path(out)
     import torch.distributed as dist
@@ -203,17 +176,17 @@ def audit(
                 entries,
                 settings,
                 data=data,
-                limits=(max_volumes, max_slices),
-                normalize=normalize,
-                batch_size=batch_size,
-                compile_model=compile_model,
-                max_attack_rate=max_attack_rate,
-                recovery_map=recovery_map,
+                limits=(c["max_volumes"], c["max_slices"]),
+                normalize=c["normalize"],
+                batch_size=c["batch_size"],
+                compile_model=c["compile_model"],
+                max_attack_rate=c["max_attack_rate"],
+                recovery_map=c["recovery_map"],
                 out=folder,
                 write=not owned,
-                resume=resume and not owned,
-                force=force or owned,
-                progress=progress,
+                resume=c["resume"] and not owned,
+                force=c["force"] or owned,
+                progress=c["progress"],
                 command_line=list(command_line or ["mri_audit.audit"]),
                 on_stage=on_stage or (lambda saved: None),
                 env=env,
@@ -294,6 +267,11 @@ def _audit(
         need_gradient=need_grad,
     )
     names = unique_names([o.estimator.name for o in opened])
+    if compile_model and all(o.loaded.kind == "torchscript" for o in opened):
+        raise UsageError(
+            "--compile applies to Python models, but every model here is TorchScript, which "
+            "torch.compile does not take; remove --compile"
+        )
     if compile_model:
         for o in opened:
             if o.loaded.kind != "torchscript":
@@ -376,19 +354,28 @@ def _audit(
             insert_mode=config.insert,
             on_batch=map_progress(progress),
         )
-    result = summarize_audit(
-        records=records,
-        header=header,
-        auditor=auditor,
-        dataset=dataset,
-        max_attack_rate=max_attack_rate,
-        command_line=command_line,
-        versions=versions(),
-        device=str(device) if not env.enabled else f"{device} x {env.world_size} processes",
-        elapsed=elapsed,
-        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        recovery_map=section,
+    from mri_audit.report.failures import rendering
+
+    then = (
+        f"the journal {out / 'records.jsonl'} keeps every record; once the cause is fixed, run "
+        "the same command again with --resume (nothing is recomputed)"
+        if write
+        else "pass out= to keep the attack work in a journal that --resume can finish"
     )
+    with rendering("summarising the audit's records", then):
+        result = summarize_audit(
+            records=records,
+            header=header,
+            auditor=auditor,
+            dataset=dataset,
+            max_attack_rate=max_attack_rate,
+            command_line=command_line,
+            versions=versions(),
+            device=str(device) if not env.enabled else f"{device} x {env.world_size} processes",
+            elapsed=elapsed,
+            started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            recovery_map=section,
+        )
     if write:
         result.write(out)
     broadcast(env, result.results)

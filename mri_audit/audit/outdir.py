@@ -7,6 +7,7 @@ another audit costs the user no time and leaves nothing behind.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -21,6 +22,8 @@ __all__ = [
     "audit_files",
     "check_existing",
     "check_out",
+    "claim_folder",
+    "foreign_files",
     "precheck_out",
     "prepare_folder",
     "remove_audit",
@@ -28,7 +31,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-AUDIT_FILES = ("records.jsonl", "records.csv", "results.json", "report.html", "audit_images.npz")
+AUDIT_FILES = (
+    "records.jsonl",
+    "records.csv",
+    "results.json",
+    "report.html",
+    "audit_images.npz",
+    "map.csv",  # a map's table (`mri-audit map`): replaced with the map's results.json
+)
 MIN_FREE_BYTES = 64 << 20
 """Free space an audit needs before it starts (the journal, the images and the report)."""
 
@@ -49,6 +59,7 @@ def audit_files(out: Path) -> list[Path]:
         ".report.html.*.tmp",
         ".records.csv.*.tmp",
         ".audit_images.npz.*.tmp",
+        ".map.csv.*.tmp",
     ):
         found += sorted(out.glob(pattern))
     return found
@@ -138,6 +149,64 @@ def check_existing(out: Path, *, resume: bool, force: bool) -> None:
             f"nothing to resume in {out}: it holds {names} but no journal records.jsonl; use "
             "--force to replace that audit"
         )
+
+
+def _owner(path: Path) -> str | None:
+    """The audit fingerprint a results file or a journal names (None: none, or unreadable).
+
+    A map's ``results.json`` belongs to no audit: ``"map"`` is never a fingerprint.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = json.loads(fh.readline() if path.suffix == ".jsonl" else fh.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(first, dict):
+        return None
+    if first.get("kind") == "map":
+        return "map"
+    audit = first.get("audit")
+    return audit if isinstance(audit, str) else None
+
+
+def foreign_files(out: Path, audit: str | None) -> list[Path]:
+    """The files in ``out`` of an audit other than ``audit`` (or of a map).
+
+    ``out`` holds ``audit`` itself when every results file and journal there names its
+    fingerprint (``results.json``, re-reads ``results.<criterion>.json``, ``records.jsonl`` and
+    its shards); then nothing is foreign, and neither is a folder holding only temporary files
+    or an empty journal. Files that name no audit (``records.csv``, reports, images) belong to
+    whichever audit the others name, and to another one when none does.
+    """
+    found = [f for f in audit_files(out) if not f.name.startswith(".")]
+    found = [f for f in found if not (f.name == "records.jsonl" and f.stat().st_size == 0)]
+    if not found:
+        return []
+    owners = [_owner(f) for f in found if f.suffix in (".json", ".jsonl")]
+    if audit is not None and owners and all(o == audit for o in owners):
+        return []
+    return found
+
+
+def claim_folder(out: Path, audit: str | None, *, force: bool, caller: str) -> None:
+    """Let ``caller`` write the files of ``audit`` into ``out``: refuse a folder holding another
+    audit (or a map) unless ``force``, which first removes every file of it, as ``--force``
+    does (:func:`remove_audit`: final files, re-reads, shards, temporary files).
+
+    Raises:
+        UsageError: ``out`` holds another audit and ``force`` is false (exit 2).
+    """
+    foreign = foreign_files(out, audit)
+    if not foreign:
+        return
+    if not force:
+        names = ", ".join(sorted({p.name for p in foreign})[:6])
+        raise UsageError(
+            f"{out} already holds another audit ({names}); {caller} does not overwrite it: "
+            "pass force=True to replace it (every file of that audit, re-reads included), or "
+            "choose another folder"
+        )
+    remove_audit(out)
 
 
 def remove_audit(out: Path) -> list[Path]:

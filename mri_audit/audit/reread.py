@@ -61,7 +61,8 @@ def choose_criterion(results: dict, name: str | None, **thresholds: float | None
     for key, value in thresholds.items():
         if value is not None and OPTION_OWNER[key] != name:
             raise UsageError(
-                f"{_option(key)} applies to --criterion {OPTION_OWNER[key]}, not {name}"
+                f"{_option(key)} applies to --criterion {OPTION_OWNER[key]}, not {name}; "
+                f"remove it or choose --criterion {OPTION_OWNER[key]}"
             )
     try:
         return criterion_of(config, name, **thresholds)
@@ -198,11 +199,16 @@ def reread_audit(
     Returns:
         (report path, ``results.<name>.json`` path, the re-read results).
 
+    ``results.<name>.json`` says ``complete: true`` only once its report is written.
+
     Raises:
         UsageError: a bad criterion or threshold, or a criterion the records lack (exit 2).
         DataError: a missing or corrupt ``results.json`` or journal (exit 4).
+        OutputError: a file cannot be written (exit 7).
+        RenderError: the report failed to render (exit 1; its traceback is logged at DEBUG).
     """
     from mri_audit.files import atomic_write, write_json
+    from mri_audit.report.failures import rendering
     from mri_audit.report.html import (
         build_context,
         load_audit,
@@ -210,7 +216,13 @@ def reread_audit(
         render_html,
         resolve_results,
     )
+    from mri_audit.settings import REPORT, check_settings
 
+    given = {"out": out_path, "criterion": name, "margin": margin}
+    given.update(min_recovery=min_recovery, threshold=threshold)
+    checked = check_settings(REPORT, given)  # the keywords are `report`'s flags: one check
+    name, margin, threshold = checked["criterion"], checked["margin"], checked["threshold"]
+    min_recovery = checked["min_recovery"]
     path = resolve_results(results_path)
     results = load_results(path)
     criterion = choose_criterion(
@@ -219,10 +231,17 @@ def reread_audit(
     records = read_journal(path, results)
     new = reread_results(results, records, criterion)
     json_path = path.parent / f"results.{criterion.name}.json"
-    write_json(json_path, new)
+    # Complete only once its report exists (a failure leaves it saying complete: false).
+    write_json(json_path, dict(new, complete=False))
     audit = load_audit(json_path, records=reread_frame(records, criterion))
     out = Path(out_path) if out_path is not None else path.parent / new["files"]["report"]
-    atomic_write(out, render_html(build_context(audit)).encode("utf-8"))
+    then = (
+        f"{json_path.name} says complete: false and the journal is unchanged; once the cause "
+        "is fixed, run this command again"
+    )
+    with rendering(f"rendering {out}", then):
+        atomic_write(out, render_html(build_context(audit)).encode("utf-8"))
+    write_json(json_path, dict(new, complete=True))
     return out, json_path, json.loads(json_path.read_text(encoding="utf-8"))
 
 

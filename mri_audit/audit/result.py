@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,14 +21,18 @@ import numpy as np
 from mri_audit.audit.aggregates import aggregate
 from mri_audit.audit.cautions import audit_warnings
 from mri_audit.audit.panels import render_panels, worst_records
+from mri_audit.errors import MriAuditError, UsageError, write_failure
 from mri_audit.files import SCHEMA_VERSION, atomic_write, to_jsonable, write_json
 from mri_audit.fnaf.criteria import criterion_of
+from mri_audit.report.failures import TRACEBACK_HINT, RenderError, describe, rendering
 from mri_audit.report.records_csv import read_records_csv, records_csv_text
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["AuditResult", "summarize_audit", "build_results", "WORST_CASE_FIELDS"]
+
+logger = logging.getLogger(__name__)
 
 WORST_CASE_FIELDS = (
     "model",
@@ -100,46 +105,139 @@ class AuditResult:
         """The CLI's exit status for this result: 3 when the gate fails or is inconclusive."""
         return 3 if self.verdict.get("status") in ("fail", "inconclusive") else 0
 
-    def write(self, out: str | Path) -> Path:
+    @property
+    def fingerprint(self) -> str | None:
+        """The audit's fingerprint (``header["audit"]``, stored in ``results.json``)."""
+        return self.header.get("audit") or self.results.get("audit")
+
+    def write(self, out: str | Path, *, force: bool = False) -> Path:
         """Write every final file into ``out`` (each atomically) and return ``out``.
 
-        ``results.json`` is written first with ``complete: false``, then the report, then
-        ``results.json`` again with ``complete: true``: a kill in between leaves a folder that
-        ``report`` and ``--resume`` know to be unfinished. The journal is written too when
-        ``out`` does not hold it already (a re-read under another criterion needs it).
+        ``out`` may hold this audit already (``audit(out=...)`` wrote it there, or ``write``
+        ran before): its files are replaced. A folder holding another audit (another
+        fingerprint, a map, or result files of no known audit) is refused unless ``force``,
+        which first removes every file of the old audit, re-reads included, as
+        ``mri-audit run --force`` does.
+
+        ``results.json`` is written first with ``complete: false``, then the images,
+        ``records.csv`` and the report, then ``results.json`` again with ``complete: true``: a
+        kill in between leaves a folder that ``report`` and ``--resume`` know to be unfinished.
+        The journal is written too when ``out`` does not hold it already (a re-read under
+        another criterion needs it). A failure after the journal loses no record: it is one
+        line saying how to finish the files (see :meth:`_failure`).
+
+        Raises:
+            UsageError: ``out`` is a file, or holds another audit and ``force`` is false.
+            OutputError: a file cannot be written (disk full, read-only; exit 7).
+            RenderError: mri-audit failed to write a file or render the report (exit 1).
         """
+        from mri_audit.audit.outdir import claim_folder
+
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{out} is a file; write() needs a folder")
+        claim_folder(out, self.fingerprint, force=force, caller="write()")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_failure(out, err) from None
         if self.header and not _holds_journal(out, self.header.get("audit")):
             lines = [
                 json.dumps(to_jsonable(r), sort_keys=True) for r in [self.header, *self.journal]
             ]
             atomic_write(out / FILES["journal"], ("\n".join(lines) + "\n").encode("utf-8"))
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **self.images)
-        atomic_write(out / FILES["images"], buf.getvalue())
-        # The fingerprint is the audit's (results.json holds it), not a per-row value.
-        rows = [{k: v for k, v in r.items() if k != "audit"} for r in self.journal]
-        atomic_write(out / FILES["records"], records_csv_text(rows).encode("utf-8"))
-        results = dict(self.results, complete=False)
-        write_json(out / "results.json", results)
-        self.report(out / FILES["report"])
-        results["complete"] = True
-        write_json(out / "results.json", results)
+        results = {k: v for k, v in self.results.items() if k != "failed"}
+        results["complete"] = False
+        step, started = "results.json", False
+        try:
+            write_json(out / "results.json", results)
+            started, step = True, FILES["images"]
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **self.images)
+            atomic_write(out / FILES["images"], buf.getvalue())
+            step = FILES["records"]
+            # The fingerprint is the audit's (results.json holds it), not a per-row value.
+            rows = [{k: v for k, v in r.items() if k != "audit"} for r in self.journal]
+            atomic_write(out / FILES["records"], records_csv_text(rows).encode("utf-8"))
+            step = FILES["report"]
+            self._render(out / FILES["report"])
+            step = "results.json"
+            results["complete"] = True
+            write_json(out / "results.json", results)
+        except Exception as err:
+            raise self._failure(out, results, step, err, started) from None
         self.results, self.out = results, out
         return out
 
-    def report(self, path: str | Path) -> Path:
-        """Render the self-contained HTML report to ``path`` from this result (no model runs)."""
-        from mri_audit.report.html import AuditInputs, build_context, render_html
+    def _failure(
+        self, out: Path, results: dict, step: str, err: Exception, started: bool
+    ) -> MriAuditError:
+        """The one line for ``err`` while writing ``step`` in ``out`` (after the journal);
+        ``started``: ``results.json`` says ``complete: false`` already.
+
+        ``results.json`` is left saying ``complete: false`` with ``failed`` naming the file
+        (where it can be written): ``mri-audit report`` finishes an audit whose report failed
+        (:func:`mri_audit.report.failures.finish_audit`), ``--resume`` any audit.
+        """
+        if not isinstance(err, MriAuditError):
+            logger.debug("writing %s failed", out / step, exc_info=err)
+        error = str(err) if isinstance(err, MriAuditError) else describe(err)
+        failed = {"file": step, "error": error}
+        try:
+            write_json(out / "results.json", dict(results, complete=False, failed=failed))
+            marked = True
+        except Exception:  # the disk may still be full: results.json keeps what it held
+            marked = started
+        if isinstance(err, MriAuditError):
+            kind, head, hint = type(err), str(err), ""
+        else:
+            verb = "rendering" if step == FILES["report"] else "writing"
+            kind, head = RenderError, f"{verb} {out / step} failed ({describe(err)})"
+            hint = f"; {TRACEBACK_HINT}"
+        if not self.header:
+            return kind(f"{head}; the result in memory is unchanged: call write() again{hint}")
+        kept = f"the journal {out / FILES['journal']} keeps every record"
+        if marked:
+            kept += " and results.json says complete: false"
+        if marked and step == FILES["report"]:
+            fix = (
+                f"once the cause is fixed, mri-audit report {out} finishes the files (or run "
+                "the same command again with --resume)"
+            )
+        else:
+            fix = "once the cause is fixed, run the same command again with --resume"
+        return kind(f"{head}; {kept}; {fix}{hint}")
+
+    def report(self, path: str | Path, *, force: bool = False) -> Path:
+        """Render the self-contained HTML report to ``path`` from this result (no model runs).
+
+        The folder of ``path`` may hold this audit or no audit; one holding another audit is
+        refused unless ``force``, which first removes every file of that audit (as
+        :meth:`write`).
+
+        Raises:
+            UsageError: the folder holds another audit and ``force`` is false (exit 2).
+            OutputError: ``path`` cannot be written (exit 7).
+            RenderError: mri-audit failed to render the report (exit 1).
+        """
+        from mri_audit.audit.outdir import claim_folder
 
         path = Path(path)
+        claim_folder(path.parent, self.fingerprint, force=force, caller="report()")
+        with rendering(f"rendering {path}", "no file was changed"):
+            self._render(path)
+        return path
+
+    def _render(self, path: Path) -> None:
+        """Render the report to ``path`` (atomically); any failure propagates."""
+        from mri_audit.report.html import AuditInputs, build_context, render_html
+
         results = json.loads(json.dumps(to_jsonable(self.results)))  # as results.json reads
+        results.pop("failed", None)
         inputs = AuditInputs(path.parent / "results.json", results, records=self.records)
         inputs.criterion = criterion_of(results["config"])
         inputs.images = {k: np.asarray(v, dtype=np.float32) for k, v in self.images.items()}
         atomic_write(path, render_html(build_context(inputs)).encode("utf-8"))
-        return path
 
 
 def _holds_journal(out: Path, audit: str | None) -> bool:

@@ -69,14 +69,38 @@ def attack_classes_for(settings: dict, max_attack_rate: float | None) -> dict[st
         for key, value in shared.items():
             if value is not None and key in getattr(cls, "attack_params", ()):
                 settings["attack_options"].setdefault(name, {}).setdefault(key, value)
-    if max_attack_rate is not None and not any(
-        getattr(c, "kind", "fnaf") == "fnaf" for c in classes.values()
-    ):
+    fnaf = any(getattr(c, "kind", "fnaf") == "fnaf" for c in classes.values())
+    if max_attack_rate is not None and not fnaf:
         raise UsageError(
             "--max-attack-rate gates on FNAF attack rates, but --attacks "
             f"{','.join(settings['attacks'])} has no FNAF attack; add fnaf-rs, fnaf-fd or fnaf-pgd"
         )
+    if not fnaf:
+        _refuse_fnaf_settings(settings)
     return classes
+
+
+# Settings that only FNAF attacks read (a degradation attack such as kspace-pgd inserts no
+# feature and has no criterion).
+FNAF_ONLY = (
+    *("candidates", "feature", "feature_steps", "feature_size", "feature_width", "window"),
+    *("insert", "criterion", "margin", "min_recovery", "threshold", "ip_epsilon", "precision"),
+)
+
+
+def _refuse_fnaf_settings(settings: dict) -> None:
+    """A FNAF setting other than its default, with no FNAF attack to read it, is refused."""
+    from mri_audit.settings import RUN, check_value
+
+    for s in RUN:
+        if s.name in FNAF_ONLY and s.api and settings.get(s.name) is not None:
+            default = None if s.default is None else check_value(s, s.default)
+            if settings[s.name] != default:
+                raise UsageError(
+                    f"{s.flag} applies to FNAF attacks, but --attacks "
+                    f"{','.join(settings['attacks'])} has none, so it would be ignored; remove "
+                    "it or add fnaf-rs, fnaf-fd or fnaf-pgd"
+                )
 
 
 def check_attacks(attack_classes: dict, config, estimator) -> None:

@@ -20,11 +20,6 @@ EXIT_INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
 
 _SAVED_KEY = "mri_audit.saved_on_interrupt"
-# What an interruption leaves when the command has not said (see on_interrupt).
-_DEFAULT_SAVED = {
-    "data": "the volumes written so far are complete (each file is written whole); "
-    "run the command again for the rest",
-}
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
@@ -54,8 +49,7 @@ def _usage_line(err: click.UsageError, ctx: click.Context | None) -> str:
 def _interrupted(ctx: click.Context | None) -> None:
     """Print what an interruption left behind."""
     meta = ctx.meta if ctx is not None else {}
-    sub = ctx.invoked_subcommand if ctx is not None else None
-    saved = meta.get(_SAVED_KEY) or _DEFAULT_SAVED.get(sub or "") or "nothing was written"
+    saved = meta.get(_SAVED_KEY) or "nothing was written"
     click.echo(f"\nInterrupted: {saved}", err=True)
 
 

@@ -4,42 +4,13 @@ from __future__ import annotations
 
 import click
 
-from mri_audit.cli.options import (
-    check_acceleration,
-    data_options,
-    device_option,
-    mask_options,
-    model_options,
-)
+from mri_audit.cli.settings import checked, setting_options
+from mri_audit.settings import CHECK
 
 
 @click.command("check")
-@model_options
-@mask_options
-@data_options
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Slices per model pass (speed only).",
-)
-@device_option
-def check(
-    model_spec,
-    weights,
-    model_args,
-    input_domain,
-    normalize,
-    accel,
-    center_fraction,
-    mask_type,
-    data,
-    max_volumes,
-    max_slices,
-    batch_size,
-    device,
-) -> None:
+@setting_options(CHECK)
+def check(**opts) -> None:
     """Load a model, dry-run it, and print its clean SSIM/NMSE/PSNR next to zero-filling."""
     import torch
     from tqdm import tqdm
@@ -52,7 +23,14 @@ def check(
     from mri_audit.mri.operator import SamplingOperator
     from mri_audit.mri.physics import make_mask_func, mask_to_tensor, volume_seed
 
-    check_acceleration(accel, center_fraction)
+    values = checked(CHECK, opts)
+    model_spec, weights, model_args = (values[k] for k in ("model_spec", "weights", "model_args"))
+    input_domain, normalize, device = (values[k] for k in ("input_domain", "normalize", "device"))
+    accel, center_fraction, mask_type = (
+        values[k] for k in ("accel", "center_fraction", "mask_type")
+    )
+    data, max_volumes, max_slices = (values[k] for k in ("data", "max_volumes", "max_slices"))
+    batch_size = values["batch_size"]
     dev = resolve_device(device)
     mask_func = make_mask_func(mask_type, accel, center_fraction)
     dataset, probe = open_data(data, max_volumes, max_slices)
@@ -90,8 +68,10 @@ def check(
             mask = mask_to_tensor(torch.stack(cols), device=dev)
             masked = batch.kspace * mask
             nlf = mask_func(batch.kspace.shape[-1], seed=volume_seed(batch.volumes[0]))
-            recon = est.reconstruct(masked, mask, num_low_frequencies=nlf.num_low_frequencies)
-            zf = SamplingOperator(crop=tuple(batch.target.shape[-2:])).magnitude(masked)
+            shape = tuple(batch.target.shape[-2:])  # volumes may differ in size
+            with est.cropping(shape):
+                recon = est.reconstruct(masked, mask, num_low_frequencies=nlf.num_low_frequencies)
+            zf = SamplingOperator(crop=shape).magnitude(masked)
             model_m.update(batch.volumes, recon.float(), batch.target, batch.max_values)
             zf_m.update(batch.volumes, zf, batch.target, batch.max_values)
     m, z = model_m.summary(), zf_m.summary()

@@ -80,7 +80,13 @@ def synth(
     prefix: str,
 ) -> None:
     """Write deterministic knee-like phantom volumes as fastMRI HDF5 files."""
+    from mri_audit.cli import on_interrupt
     from mri_audit.data.phantoms import synth_dataset
+
+    on_interrupt(
+        "the volumes written so far are complete (each file is written whole); run the command "
+        "again for the rest"
+    )
 
     if kspace_shape is not None and (kspace_shape[0] < size or kspace_shape[1] < size):
         raise click.BadParameter(

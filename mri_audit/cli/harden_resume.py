@@ -127,7 +127,11 @@ def checkpoint_identity(checkpoint: Path, identity: Mapping[str, Any]) -> int:
     """
     import torch
 
+    from mri_audit.models.archive import check_archive
+
     start_over = "use another --out (or remove the checkpoint) to start over"
+    # A damaged checkpoint would resume from other weights than it saved: refused (exit 5).
+    check_archive(Path(checkpoint), "harden checkpoint", str(checkpoint))
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - whatever the damage, one line

@@ -13,16 +13,9 @@ from pathlib import Path
 
 import click
 
-from mri_audit.cli.options import (
-    BatchSizeType,
-    FiniteFloatRange,
-    check_acceleration,
-    data_options,
-    device_option,
-    mask_options,
-    model_options,
-)
+from mri_audit.cli.settings import checked, config_option, setting_options
 from mri_audit.errors import UsageError
+from mri_audit.settings import MAP
 
 DEFAULT_OUT = "mri-audit-map"
 
@@ -60,7 +53,7 @@ def _grid(opts: dict):
     """The map's grid from the options (one line per bad value)."""
     from mri_audit.audit.recovery_map import MapGrid
 
-    shapes = [s.strip() for s in opts["shapes"].split(",") if s.strip()]
+    shapes = list(opts["shapes"])
     sizes = parse_sizes(opts["sizes"])
     contrasts = _numbers(opts["contrasts"], "--contrasts")
     try:
@@ -154,7 +147,6 @@ def execute(opts: dict, command_line: list[str]) -> None:
     from mri_audit.models.opening import open_entries
     from mri_audit.mri.physics import make_mask_func
 
-    check_acceleration(opts["accel"], opts["center_fraction"])
     grid = _grid(opts)
     entries = model_entries(opts)
     check_files(entries)  # before the data is read, before anything is written
@@ -264,102 +256,8 @@ def _results(opts, section, config, opened, entries, names, dataset) -> dict:
 
 
 @click.command("map")
-@model_options
-@click.option(
-    "--model-name",
-    metavar="NAME",
-    help="The main model's name in the results and report (default: from its spec).",
-)
-@click.option(
-    "--compare",
-    multiple=True,
-    metavar="[NAME=]SPEC[=WEIGHTS]",
-    help="Another model mapped on the same features (repeatable), e.g. "
-    "robust=examples/unet.py:UNet=robust.pt; its constructor arguments are --model-arg "
-    "NAME:KEY=VALUE.",
-)
-@mask_options
-@data_options
-@click.option(
-    "--shapes",
-    default="walk,disk,line",
-    show_default=True,
-    help="Comma-separated feature shapes: walk (random walk), disk (soft-edged), line.",
-)
-@click.option(
-    "--sizes",
-    multiple=True,
-    metavar="SHAPE=a,b,c",
-    help="Sizes of one shape (repeatable): walk steps [3,5,10,20,50,100], disk radius in px "
-    "[1,2,3,4,6,8], line length in px [4,8,12,20,30,40].",
-)
-@click.option(
-    "--contrasts",
-    default="0.05,0.1,0.2,0.3,0.5,0.75,1",
-    show_default=True,
-    help="Comma-separated feature contrasts, as shares of each slice's intensity range (0, 1].",
-)
-@click.option(
-    "--draws",
-    type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="Random placements of every feature per slice.",
-)
-@click.option(
-    "--line-width",
-    type=FiniteFloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Width of line features in px.",
-)
-@click.option(
-    "--margin",
-    type=FiniteFloatRange(min=0, max=1, min_open=True),
-    default=0.1,
-    show_default=True,
-    help="δ of the erasure rate: a feature is a hit when the model removes at least this share "
-    "of its contrast that the data carries (min(r0 - r, r0) >= δ).",
-)
-@click.option(
-    "--window",
-    type=FiniteFloatRange(min=0, max=1, min_open=True),
-    default=0.375,
-    show_default=True,
-    help="Centred window (fraction of each side) features are placed in.",
-)
-@click.option(
-    "--insert",
-    type=click.Choice(["phase", "magnitude"]),
-    default="phase",
-    show_default=True,
-    help="Insert with the local phase on the k-space grid, or as the reference code did.",
-)
-@click.option(
-    "--batch-size",
-    type=BatchSizeType(),
-    default="auto",
-    metavar="auto|N",
-    show_default=True,
-    help="Features per model batch (auto: as `run`). The map does not depend on it.",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of every placement (keyed by seed, volume, slice, cell and draw).",
-)
-@device_option
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False),
-    default=DEFAULT_OUT,
-    show_default=True,
-    help="Output folder.",
-)
-@click.option("--force", is_flag=True, help="Replace the results already in --out.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress lines.")
+@config_option("map")
+@setting_options(MAP)
 def map_command(**opts) -> None:
     """Map which features a model keeps: recovery by feature size, contrast and shape.
 
@@ -369,5 +267,6 @@ def map_command(**opts) -> None:
     half contrast or better (mean r >= 0.5): the contrast-detail curve. Writes map.csv,
     results.json and report.html to --out. Without --data the built-in phantoms are used.
     """
+    opts = checked(MAP, opts)
     opts["out"] = Path(opts["out"])
     execute(opts, command_line=[Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -5,43 +5,15 @@ from __future__ import annotations
 
 import click
 
+from mri_audit.cli.settings import config_option, setting_options
 from mri_audit.errors import MriAuditError, UsageError
+from mri_audit.settings import REPORT, check_settings
 
 
 @click.command("report")
 @click.argument("results", type=click.Path(path_type=str))
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="Where to write the HTML report (default: report.html beside results.json, or "
-    "report.<criterion>.html for a re-read).",
-)
-@click.option(
-    "--criterion",
-    default=None,
-    metavar="erasure|recovery|paper",
-    help="Re-read the audit under this criterion from its journal (records.jsonl), without "
-    "recomputing; writes results.<criterion>.json and report.<criterion>.html.",
-)
-@click.option(
-    "--margin",
-    type=float,
-    default=None,
-    help="erasure: the margin δ in (0, 1] (default: the audit's).",
-)
-@click.option(
-    "--min-recovery",
-    type=float,
-    default=None,
-    help="recovery: r_min in (0, 1] (default: the audit's).",
-)
-@click.option(
-    "--threshold",
-    type=float,
-    default=None,
-    help="paper: τ, a finite number >= 0 (default: the audit's).",
-)
+@config_option("report")
+@setting_options(REPORT)
 @click.pass_context
 def report(
     ctx: click.Context,
@@ -55,7 +27,9 @@ def report(
     """Render the self-contained HTML report of an audit.
 
     RESULTS is the audit's results.json or the audit folder holding it; records.csv and
-    audit_images.npz are read from the same folder when present.
+    audit_images.npz are read from the same folder when present. An audit whose report failed
+    to render (results.json says so) is finished: its report is rendered and results.json
+    marked complete.
 
     With --criterion (or a threshold option alone, which keeps the audit's criterion) the audit
     is re-read from its records: every record keeps each criterion's selection, and selection
@@ -63,11 +37,21 @@ def report(
     fnaf-pgd searched under the audit's own criterion, so their re-read is the best among the
     candidates that search evaluated.
     """
-    thresholds = {"margin": margin, "min_recovery": min_recovery, "threshold": threshold}
+    given = {"out": out, "criterion": criterion, "margin": margin}
+    given.update(min_recovery=min_recovery, threshold=threshold)
+    try:
+        values = check_settings(REPORT, given, text=True)
+    except MriAuditError as err:
+        click.echo(f"Error: {err}", err=True)
+        ctx.exit(err.exit_code)
+    out, criterion = values["out"], values["criterion"]
+    thresholds = {k: values[k] for k in ("margin", "min_recovery", "threshold")}
     reread = criterion is not None or any(v is not None for v in thresholds.values())
     try:
+        from mri_audit.report.failures import finish_audit, rendering
         from mri_audit.report.html import require_complete
 
+        finished = finish_audit(results)  # an audit whose report failed: render it now
         checked = require_complete(results)
         if reread and checked.get("kind") == "map":
             raise UsageError(
@@ -78,7 +62,10 @@ def report(
         if not reread:
             from mri_audit.audit.reread import render_reread
 
-            click.echo(str(render_reread(results, out)))
+            if finished is None or out is not None:
+                with rendering(f"rendering the report of {results}", "no file was changed"):
+                    finished = render_reread(results, out)
+            click.echo(str(finished))
             return
         from mri_audit.audit.reread import reread_audit
         from mri_audit.report.tables import attack_table

@@ -12,7 +12,12 @@ what unpickling it runs), the file is read again, still with ``weights_only=True
 types allowed through ``torch.serialization.safe_globals``; only the state dict is kept. Anything
 else is refused, without running it, with a one-line recipe to convert the file yourself if you
 trust it. The refused names are found by disassembling the pickle
-(``torch.serialization.get_unsafe_globals_in_checkpoint``), never by executing it.
+(``torch.serialization.get_unsafe_globals_in_checkpoint``), never by executing it. A pickle that
+calls something that runs code (``os.system``, ``subprocess.*``, ``builtins.eval``, ...; see
+:func:`mri_audit.models.archive.runs_code`) is refused as what it is, with no recipe to load it.
+
+Before any of this, every member of the file's zip archive is checked against its CRC-32
+(:func:`mri_audit.models.archive.check_archive`): a damaged file is refused, naming the member.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ from typing import NamedTuple
 import torch
 
 from mri_audit.errors import ModelError
+from mri_audit.models.archive import (
+    archive_pickle_globals,
+    check_archive,
+    runs_code,
+    torch_output,
+)
 
 __all__ = ["Checkpoint", "read_checkpoint", "convert_recipe", "DATA_ONLY_GLOBALS", "STATE_KEYS"]
 
@@ -132,7 +143,7 @@ def _zip_leaves(path: Path) -> set[str]:
     try:
         with zipfile.ZipFile(path) as zf:
             return {name.rsplit("/", 1)[-1] for name in zf.namelist()}
-    except (OSError, zipfile.BadZipFile):
+    except Exception:  # not a zip, or a damaged one: check_archive says which
         return set()
 
 
@@ -190,25 +201,47 @@ def _refused_globals(path: Path, exc: BaseException) -> list[str]:
     return re.findall(r"GLOBAL\s+([\w.]+)", str(exc))[:1]
 
 
-def _load(path: Path, allowed: Sequence[str] = ()) -> object:
-    if not allowed:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    safe = [(DATA_ONLY_GLOBALS[name], name) for name in allowed]
-    with torch.serialization.safe_globals(safe):
-        return torch.load(path, map_location="cpu", weights_only=True)
+def _runs_code_error(shown: str, named: Sequence[str]) -> ModelError | None:
+    """The refusal of a file whose pickle calls something that runs code (no recipe to load
+    it), or None when none of ``named`` does."""
+    code = sorted({name for name in named if runs_code(name)})
+    if not code:
+        return None
+    return ModelError(
+        f"weights file {shown} would execute code when loaded: its pickle calls {_names(code)}, "
+        "which runs commands or code on this machine; it was refused without running anything, "
+        "and it must not be loaded, not even to convert it: get the weights from a source you "
+        "trust"
+    )
+
+
+def _load(path: Path, shown: str, allowed: Sequence[str] = ()) -> object:
+    """``torch.load(weights_only=True)``, what torch warns kept for ``-v`` (one line on error)."""
+    with torch_output(shown):
+        if not allowed:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        safe = [(DATA_ONLY_GLOBALS[name], name) for name in allowed]
+        with torch.serialization.safe_globals(safe):
+            return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _read(path: Path, shown: str) -> tuple[object, tuple[str, ...]]:
     """``torch.load(weights_only=True)``, allowing the data-only globals the file needs."""
     resave = "save a state dict with torch.save(model.state_dict(), path)"
     allowed: tuple[str, ...] = ()
+    scanned: list[str] | None = None  # the globals data.pkl names, read once, statically
     # A legacy (non-zip) file cannot be scanned, and a scan misses globals built while unpickling:
     # each retry allows what the last error named.
     for _ in range(len(DATA_ONLY_GLOBALS) + 1):
         try:
-            return _load(path, allowed), allowed
+            return _load(path, shown, allowed), allowed
         except pickle.UnpicklingError as exc:
             text = str(exc)
+            if scanned is None:
+                scanned = archive_pickle_globals(path) or []
+            code = _runs_code_error(shown, [*scanned, *re.findall(r"GLOBAL\s+([\w.]+)", text)])
+            if code is not None:
+                raise code from None
             if not (re.search(r"GLOBAL\s+[\w.]+|Unsupported (global|class)", text) or allowed):
                 raise ModelError(
                     f"weights file {shown} is corrupt or not a PyTorch file (cannot unpickle it); "
@@ -253,7 +286,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     """
     path, shown = Path(path), str(path)
     _require_file(path, "weights file", "check --weights")
-    leaves = _zip_leaves(path)
+    archive = check_archive(path, "weights file", shown)
+    leaves = archive.leaves if archive is not None else set()
     if "constants.pkl" in leaves:
         raise ModelError(
             f"weights file {shown} is a TorchScript model, not a state dict; "

@@ -32,6 +32,13 @@ survives scripting when it is annotated ``Final[str]`` or set in ``__init__``.
 
 torch's deprecation warnings for TorchScript are silenced where mri-audit itself calls
 ``torch.jit`` (:func:`quiet_torchscript`), and nowhere else.
+
+Both files are zip archives: every member is checked against its CRC-32 before torch reads it
+(:func:`mri_audit.models.archive.check_archive`), so a damaged file is refused, naming the member,
+rather than loaded as another model. What torch logs while it loads one (``torch.export.load``
+logs a whole traceback before raising) and warns is captured
+(:func:`mri_audit.models.archive.torch_output`): the user sees one line on failure, and ``-v``
+shows what torch said.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import contextlib
 import inspect
 import logging
 import math
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +57,8 @@ import torch
 from torch import nn
 
 from mri_audit.errors import ModelError
-from mri_audit.models.checkpoints import _exc_text, _require_file, _zip_leaves
+from mri_audit.models.archive import TorchOutput, check_archive, torch_output
+from mri_audit.models.checkpoints import _one_line, _require_file, _zip_leaves
 
 __all__ = [
     "ExportedModel",
@@ -86,6 +95,14 @@ def quiet_torchscript() -> Iterator[None]:
         yield
 
 
+def _cause(exc: BaseException, said: TorchOutput) -> str:
+    """The failure as ``"Type: message"``, preferring the error torch logged over a summary."""
+    err = said.error() or exc
+    text = re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(err))  # torch's C++ prefix
+    text = _one_line(text.split(". ")[0])
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def program_kind(path: Path) -> str | None:
     """``"exported"`` for a ``.pt2`` archive, ``"torchscript"`` for TorchScript, else None."""
     leaves = _zip_leaves(path)
@@ -107,22 +124,25 @@ def load_torchscript(path: Path, target: str) -> nn.Module:
     Raises:
         ModelError: the file is a torch.save file, or not TorchScript.
     """
-    leaves = _zip_leaves(path)
+    archive = check_archive(path, "model file", target)
+    leaves = archive.leaves if archive is not None else set()
     if "data.pkl" in leaves and "constants.pkl" not in leaves:
         raise ModelError(
             f"{target} is not TorchScript: it is a torch.save file (weights or a checkpoint); "
             f"use --model file.py:Name --weights {target}"
         )
-    try:
-        with quiet_torchscript():  # TorchScript is a supported input, deprecated or not
-            return torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:
-        raise ModelError(
-            f"cannot load {target} as TorchScript ({_exc_text(exc, True)}); save a model with "
-            f"torch.export.save(torch.export.export(model, args), 'model.pt2') (or "
-            f"torch.jit.script(model).save(path)), or for weights use "
-            f"--model file.py:Name --weights {target}"
-        ) from None
+    with torch_output(target) as said:
+        try:
+            with quiet_torchscript():  # TorchScript is a supported input, deprecated or not
+                return torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            cause = _cause(exc, said)
+    raise ModelError(
+        f"cannot load {target} as TorchScript ({cause}); save a model with "
+        f"torch.export.save(torch.export.export(model, args), 'model.pt2') (or "
+        f"torch.jit.script(model).save(path)), or for weights use "
+        f"--model file.py:Name --weights {target}"
+    )
 
 
 def load_exported(path: Path, target: str) -> tuple[ExportedModel, str | None]:
@@ -139,15 +159,23 @@ def load_exported(path: Path, target: str) -> tuple[ExportedModel, str | None]:
         ModelError: the file is not a loadable torch.export program.
     """
     _require_file(path, "model file", "check the --model path")
+    archive = check_archive(path, "model file", target)
     extra = {DOMAIN_FILE: ""}
-    try:
-        program = torch.export.load(str(path), extra_files=extra)
-    except Exception as exc:
+    if archive is not None and archive.pickled and "archive_format" not in archive.leaves:
+        cause = "it is a torch.save file: weights, a checkpoint or TorchScript"
+    else:
+        with torch_output(target) as said:
+            try:
+                program = torch.export.load(str(path), extra_files=extra)
+                cause = ""
+            except Exception as exc:
+                cause = _cause(exc, said)
+    if cause:
         raise ModelError(
-            f"cannot load {target} as a torch.export program ({_exc_text(exc, True)}); save one "
-            f"with torch.export.save(torch.export.export(model, args, dynamic_shapes=...), "
+            f"cannot load {target} as a torch.export program ({cause}); save one with "
+            f"torch.export.save(torch.export.export(model, args, dynamic_shapes=...), "
             f"'model.pt2'), or for weights use --model file.py:Name --weights {target}"
-        ) from None
+        )
     domain = extra.get(DOMAIN_FILE)
     domain = domain.decode() if isinstance(domain, bytes) else domain
     model = ExportedModel(program, path.name)

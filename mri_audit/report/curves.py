@@ -61,12 +61,13 @@ def per_volume(groups: dict[tuple[str, str], Any], names: list[str]) -> dict:
 
 def threshold_grid(criterion: Criterion, values: np.ndarray, points: int = 401) -> np.ndarray:
     """Thresholds to evaluate: ``[0, 1]`` for ``δ`` and ``r_min``; for ``τ``, a log range around
-    the losses; always holding the criterion's own threshold."""
+    the losses (:func:`~mri_audit.report.score_figures.log_range`, finite for any ``τ ≥ 0``);
+    always holding the criterion's own threshold."""
     used = criterion.params()[THRESHOLD[criterion.name]]
-    if criterion.name == "paper":
-        v = values[np.isfinite(values) & (values > 0)]
-        lo = min(float(v.min()) if v.size else used, used) / 10
-        hi = max(float(v.max()) if v.size else used, used) * 10
+    if criterion.name == "paper":  # τ = 0 itself is appended below (a log axis drops it)
+        from mri_audit.report.score_figures import log_range
+
+        lo, hi = log_range(values, used)
         grid = np.logspace(np.log10(lo), np.log10(hi), points)
     else:
         grid = np.linspace(0.0, 1.0, points)

@@ -71,12 +71,24 @@ def require_complete(path: str | Path) -> dict:
     """
     path = resolve_results(path)
     results = load_results(path)
-    if results.get("complete", True) is not True:
+    if results.get("complete", True) is True:
+        return results
+    if results.get("reread_from") is not None:
+        criterion = (results.get("config") or {}).get("criterion")
         raise DataError(
-            f"the audit in {path.parent} is incomplete: it was interrupted while writing its "
-            "final files; run the same command again with --resume to finish it"
+            f"the re-read {path} is incomplete: its report was not written; run mri-audit "
+            f"report {path.parent} --criterion {criterion} (with the same thresholds) again"
         )
-    return results
+    failed = results.get("failed")
+    why = (
+        f"writing {failed.get('file')} failed ({failed.get('error')})"
+        if isinstance(failed, dict)
+        else "it was interrupted while writing its final files"
+    )
+    raise DataError(
+        f"the audit in {path.parent} is incomplete: {why}; run the same command again with "
+        "--resume to finish it"
+    )
 
 
 def load_results(path: Path) -> dict:

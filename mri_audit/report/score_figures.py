@@ -26,6 +26,7 @@ from mri_audit.report.figures import PALETTE, STYLE, _figure, _grid, _png, _posi
 
 __all__ = [
     "HISTOGRAM",
+    "log_range",
     "score_histograms",
     "recovery_scatter",
     "threshold_curves",
@@ -41,6 +42,13 @@ HISTOGRAM = {
 }
 
 
+DEFAULT_TAU = 1e-3
+"""``--threshold``'s default: where a log axis is centred when nothing else places it."""
+LOG_LIMITS = (1e-30, 1e30)
+"""The widest log axis drawn (matplotlib cannot draw one near the ends of the float range):
+losses and thresholds beyond it are drawn at its ends, their labels keep the true value."""
+
+
 def _finite(values) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64).ravel()
     return v[np.isfinite(v)]
@@ -54,11 +62,30 @@ def _linear_bins(panels: Mapping[str, tuple], threshold: float) -> np.ndarray:
     return np.linspace(lo - pad, hi + pad, 41)
 
 
+def log_range(values: np.ndarray, threshold: float) -> tuple[float, float]:
+    """The ends of a log axis: a decade beyond the finite positive ``values`` and a positive
+    ``threshold`` (three decades either side of the threshold, or of the default τ when it is
+    0, when there is no positive value), kept within :data:`LOG_LIMITS`.
+
+    Every threshold the options accept (finite, ≥ 0) gives ends matplotlib can draw.
+    """
+    v = _finite(values)
+    v = v[v > 0]
+    marks = np.append(v, threshold) if threshold > 0 else v
+    if v.size:
+        lo, hi = float(marks.min()) / 10, float(marks.max()) * 10
+    else:
+        centre = threshold if threshold > 0 else DEFAULT_TAU
+        lo, hi = centre / 1e3, centre * 1e3
+    lo = min(max(lo, LOG_LIMITS[0]), LOG_LIMITS[1] / 10)
+    return lo, max(min(hi, LOG_LIMITS[1]), lo * 10)
+
+
 def _log_bins(panels: Mapping[str, tuple], threshold: float) -> tuple[np.ndarray, float]:
+    """41 log-spaced bin edges (:func:`log_range`) and the floor that non-positive values are
+    drawn at (a threshold of 0 is drawn there too)."""
     every = np.concatenate([_finite(v) for p in panels.values() for v in p if v is not None])
-    every = every[every > 0]
-    floor = float(min(every.min(), threshold) / 10) if every.size else threshold / 1e3
-    top = float(max(every.max(), threshold) * 10) if every.size else threshold * 1e3
+    floor, top = log_range(every, threshold)
     return np.logspace(math.log10(floor), math.log10(top), 41), floor
 
 
@@ -93,16 +120,18 @@ def score_histograms(
         ):
             if control is not None:
                 ax.hist(
-                    _positive(control, floor) if log else _finite(control),
+                    np.minimum(_positive(control, floor), bins[-1]) if log else _finite(control),
                     bins=bins,
                     color="#9e9e9e",
                     alpha=0.7,
                     histtype="stepfilled",
                     label="control (no feature)",
                 )
-            shown = _positive(values, floor) if log else _finite(values)
+            shown = np.minimum(_positive(values, floor), bins[-1]) if log else _finite(values)
             ax.hist(shown, bins=bins, color=PALETTE[1], alpha=0.75, label="selected feature")
-            ax.axvline(threshold, color=PALETTE[0], ls="--", lw=1.2, label=hits)
+            # On a log axis τ = 0 is drawn at the floor, where the zero losses are.
+            at = float(np.clip(threshold, floor, bins[-1])) if log else threshold
+            ax.axvline(at, color=PALETTE[0], ls="--", lw=1.2, label=hits)
             if log:
                 ax.set_xscale("log")
             ax.set_title(_short(title, 40))
@@ -231,8 +260,14 @@ def threshold_curves(
             _grid(fig, len(panels), ncols), panels.items(), strict=True
         ):
             for model, (x, y) in by_model.items():
+                x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
+                if log:  # a log axis has no 0; extreme thresholds are drawn at its ends
+                    x, y = np.clip(x[x > 0], *LOG_LIMITS), y[x > 0]
                 ax.plot(x, y, color=colour[model], lw=1.5, label=_short(model, 40))
-            ax.axvline(used, color=PALETTE[0], ls="--", lw=1.1, label=f"used {symbol} = {used:g}")
+            # On a log axis τ = 0 is drawn at the left end of the curves.
+            at = _left(by_model) if log and used <= 0 else used
+            at = float(np.clip(at, *LOG_LIMITS)) if log else at
+            ax.axvline(at, color=PALETTE[0], ls="--", lw=1.1, label=f"used {symbol} = {used:g}")
             if not math.isclose(used, default):
                 ax.axvline(
                     default,
@@ -251,6 +286,13 @@ def threshold_curves(
             ax.set_title(_short(attack, 40))
             _collect(ax, handles)
         return _legend_png(fig, handles)
+
+
+def _left(by_model: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """The smallest positive threshold of a panel's curves (where a log axis starts)."""
+    x = np.concatenate([_finite(x) for x, _ in by_model.values()] or [np.zeros(0)])
+    x = x[x > 0]
+    return float(x.min()) if x.size else DEFAULT_TAU
 
 
 def _collect(ax, handles: dict) -> None:
