@@ -10,7 +10,14 @@ every step draws random slices and a fresh random column mask per sample (fastMR
 generators seeded by ``--seed``, so a run is reproducible on the same machine and torch version.
 The model runs through :class:`mri_audit.Reconstructor` — exactly the adapter an audit uses —
 in train mode, with an L1 loss against the target (in units of the volume maximum), Adam and
-cosine learning-rate decay.
+cosine learning-rate decay. A model with its own objective (a method
+``training_loss(kspace, mask, num_low_frequencies, generator)`` on the fully-sampled k-space,
+e.g. the denoising score matching of ``diffusion.py``) is trained on that instead.
+
+A stochastic model (``mri_audit_stochastic = True``) is evaluated with one sample per slice,
+drawn from a ``torch.Generator`` per slice seeded by the volume name and slice index
+(:func:`slice_generator`), so its held-out figures are reproducible and do not depend on the
+batching.
 
 At the end the model is evaluated on the held-out split (``SyntheticDataset(split="val",
 **BUILTIN_VAL)``, disjoint seeds) with the fixed per-volume masks an audit uses, next to the
@@ -55,14 +62,30 @@ from mri_audit.mri.physics import (
     volume_seed,
 )
 
-__all__ = ["MODELS", "build", "train", "evaluate", "write_card", "refresh_readme", "main"]
+__all__ = [
+    "MODELS",
+    "build",
+    "train",
+    "evaluate",
+    "slice_generator",
+    "time_per_slice",
+    "write_card",
+    "refresh_readme",
+    "main",
+]
 
 logger = logging.getLogger("train")
 
 HERE = Path(__file__).resolve().parent
 #: ``--model`` choice -> model spec, relative to this folder.
-MODELS: dict[str, str] = {"unet": "unet.py:UNet", "varnet": "varnet.py:VarNet"}
+MODELS: dict[str, str] = {
+    "unet": "unet.py:UNet",
+    "varnet": "varnet.py:VarNet",
+    "diffusion": "diffusion.py:Diffusion",
+}
 MASK_KIND = "random"
+#: The training objective of models without their own ``training_loss``.
+L1_OBJECTIVE = "L1 in units of the volume maximum"
 
 
 def build(name: str) -> tuple[nn.Module, str, str]:
@@ -128,6 +151,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
     )
+    own_loss = getattr(model, "training_loss", None)
     model.train()
     history: list[tuple[int, float]] = []
     smooth = math.nan
@@ -137,11 +161,13 @@ def train(
         idx = torch.randint(num, (batch_size,), generator=gen)
         masks = [mask_func(width, seed=int(s)) for s in mask_rng.integers(2**31, size=batch_size)]
         mask = mask_to_tensor(np.stack([m.columns for m in masks]))
-        scale = vmax[idx][:, None, None]
-        out = recon.reconstruct(
-            kspace[idx] * mask, mask, num_low_frequencies=masks[0].num_low_frequencies
-        )
-        loss = F.l1_loss(out / scale, target[idx] / scale)
+        nlf = masks[0].num_low_frequencies
+        if own_loss is not None:  # e.g. denoising score matching on the full k-space
+            loss = own_loss(torch.view_as_real(kspace[idx]), mask[..., None], nlf, generator=gen)
+        else:
+            scale = vmax[idx][:, None, None]
+            out = recon.reconstruct(kspace[idx] * mask, mask, num_low_frequencies=nlf)
+            loss = F.l1_loss(out / scale, target[idx] / scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -165,6 +191,35 @@ def train(
     }
 
 
+def slice_generator(volume: str, slice_index: int, device="cpu") -> torch.Generator:
+    """The generator a stochastic model's sample of one held-out slice is drawn from.
+
+    Seeded by the volume name and the slice index only (never by the batch), so a card's
+    figures are reproducible whatever the batch size.
+    """
+    digest = hashlib.sha256(f"{volume}/{int(slice_index)}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+class _WithGenerators(nn.Module):
+    """A stochastic k-space model called with fixed per-item generators (set before each
+    batch), whatever generator support the adapter has."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.generators: list[torch.Generator] | None = None
+
+    def forward(self, masked_kspace, mask, num_low_frequencies=None):
+        return self.model(
+            masked_kspace, mask, num_low_frequencies=num_low_frequencies, generator=self.generators
+        )
+
+
+def _is_stochastic(model: nn.Module) -> bool:
+    return bool(getattr(model, "mri_audit_stochastic", False))
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, domain: str, *, accel: int, batch_size: int = 8
@@ -177,13 +232,19 @@ def evaluate(
         accel: acceleration of the masks (``random``, seeded by the volume name).
         batch_size: slices per forward pass.
 
+    A stochastic model draws one sample per slice from :func:`slice_generator`.
+
     Returns:
         ``{"model": {...}, "zero_filled": {...}}``, each with the means over volumes
         (``ssim``, ``nmse``, ``psnr``) and ``per_volume`` values.
     """
     dataset = SyntheticDataset(split="val", **BUILTIN_VAL)
     target_shape = tuple(dataset[0].target.shape[-2:])
-    recon = Reconstructor(model, input_domain=domain, target_shape=target_shape)
+    stochastic = _is_stochastic(model)
+    if stochastic and domain != "kspace":
+        raise ValueError("evaluate() supports stochastic models in the k-space domain only")
+    wrapped = _WithGenerators(model) if stochastic else model
+    recon = Reconstructor(wrapped, input_domain=domain, target_shape=target_shape)
     mask_func = make_mask_func(MASK_KIND, accel)
     scores = {"model": VolumeMetrics(), "zero_filled": VolumeMetrics()}
     with recon.evaluation():
@@ -191,6 +252,10 @@ def evaluate(
             masks = [mask_func(batch.kspace.shape[-1], seed=volume_seed(v)) for v in batch.volumes]
             mask = mask_to_tensor(np.stack([m.columns for m in masks]))
             masked = batch.kspace * mask
+            if stochastic:
+                wrapped.generators = [
+                    slice_generator(v, s) for v, s in zip(batch.volumes, batch.slices, strict=True)
+                ]
             out = recon.reconstruct(masked, mask, num_low_frequencies=masks[0].num_low_frequencies)
             zf = recon.zero_filled_input(masked)
             scores["model"].update(batch.volumes, out, batch.target, batch.max_values)
@@ -204,6 +269,28 @@ def evaluate(
         }
         result[key] = {**summary, "per_volume": per_volume}
     return result
+
+
+@torch.no_grad()
+def time_per_slice(model: nn.Module, domain: str, *, accel: int, repeats: int = 5) -> float:
+    """Median seconds of one forward of one held-out slice through the adapter (eval mode,
+    the current number of torch threads; the first, warm-up call is not counted)."""
+    sample = SyntheticDataset(split="val", **BUILTIN_VAL)[0]
+    stochastic = _is_stochastic(model)
+    wrapped = _WithGenerators(model) if stochastic else model
+    recon = Reconstructor(wrapped, input_domain=domain, target_shape=tuple(sample.target.shape))
+    m = make_mask_func(MASK_KIND, accel)(sample.kspace.shape[-1], seed=volume_seed(sample.volume))
+    mask = mask_to_tensor(m.columns)
+    masked = (sample.kspace * mask)[None]
+    times = []
+    with recon.evaluation():
+        for _ in range(repeats + 1):
+            if stochastic:
+                wrapped.generators = [slice_generator(sample.volume, sample.slice)]
+            start = time.perf_counter()
+            recon.reconstruct(masked, mask, num_low_frequencies=m.num_low_frequencies)
+            times.append(time.perf_counter() - start)
+    return float(np.median(times[1:]))
 
 
 def _sha256(path: Path) -> str:
@@ -313,11 +400,14 @@ def _card_section(card: dict[str, Any]) -> str:
     m, z = card["metrics"]["model"], card["metrics"]["zero_filled"]
     tr, s = card["training"], card["settings"]
     data = card["data"]
+    sampler = card.get("sampler")
     lines = [
         f"## {card['weights']}",
         "",
         f"- model: `{card['model']}` ({card['input_domain']} domain, "
-        f"{card['parameters']:,} parameters, {card['size_bytes'] / 1e6:.1f} MB)",
+        f"{card['parameters']:,} parameters, {card['size_bytes'] / 1e6:.1f} MB"
+        + (", stochastic" if card.get("stochastic") else "")
+        + ")",
         f"- task: {card['mask']} mask, {card['acceleration']}x, centre fraction "
         f"{card['center_fraction']}",
         f"- data: built-in synthetic phantoms, train split "
@@ -327,9 +417,24 @@ def _card_section(card: dict[str, Any]) -> str:
         f"(cosine), seed {s['seed']}, {s['threads']} CPU threads, "
         f"{tr['seconds'] / 60:.1f} min ({tr['seconds_per_step']:.2f} s/step), "
         f"torch {card['torch']}",
+    ]
+    if s.get("loss", L1_OBJECTIVE) != L1_OBJECTIVE:
+        lines.append(f"- objective: {s['loss']}")
+    if sampler:
+        lines.append(f"- sampler: {sampler}")
+    lines += [
         f"- command: `{card['command']}`",
         f"- held-out: val split, {data['val']['volumes']} volumes x {data['val']['slices']} "
-        "slices, per-volume masks seeded by the volume name",
+        "slices, per-volume masks seeded by the volume name"
+        + (f"; {card['evaluation']}" if card.get("evaluation") else ""),
+    ]
+    if card.get("inference"):
+        inf = card["inference"]
+        lines.append(
+            f"- time per slice: {inf['seconds_per_slice']:.2f} s "
+            f"({inf['size']}x{inf['size']}, {inf['threads']} CPU threads)"
+        )
+    lines += [
         "",
         "| | SSIM | NMSE | PSNR (dB) |",
         "|---|---|---|---|",
@@ -411,6 +516,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.replace(tmp, args.out)
     logger.info("saved %s; evaluating on the held-out split", args.out)
     metrics = evaluate(model, domain, accel=args.accel)
+    seconds_per_slice = time_per_slice(model, domain, accel=args.accel)
+    stochastic = _is_stochastic(model)
+    describe = getattr(model, "describe_sampler", None)
 
     command = shlex.join(["python", "examples/train.py", *(sys.argv[1:] if argv is None else argv)])
     card = {
@@ -427,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lr": args.lr,
             "schedule": "cosine to 1% of lr",
             "optimizer": "Adam",
-            "loss": "L1 in units of the volume maximum",
+            "loss": getattr(model, "training_objective", L1_OBJECTIVE),
             "seed": args.seed,
             "threads": args.threads,
         },
@@ -437,6 +545,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "val": {"split": "val", "seed": 0, **BUILTIN_VAL},
         },
         "training": stats,
+        "inference": {
+            "seconds_per_slice": round(seconds_per_slice, 4),
+            "size": BUILTIN_VAL["size"],
+            "coils": BUILTIN_VAL["coils"],
+            "threads": args.threads,
+        },
         "parameters": sum(p.numel() for p in model.parameters()),
         "size_bytes": args.out.stat().st_size,
         "sha256": _sha256(args.out),
@@ -445,11 +559,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "metrics": metrics,
     }
+    if stochastic:
+        card["stochastic"] = True
+        card["sampler"] = describe() if describe is not None else None
+        card["evaluation"] = (
+            "one sample per slice, drawn from a torch.Generator per slice seeded by the "
+            "volume name and slice index (examples/train.py: slice_generator)"
+        )
     write_card(args.out, card)
     refresh_readme(args.out.parent)
     m, z = metrics["model"], metrics["zero_filled"]
     for label, v in (("model", m), ("zero-filled", z)):
         logger.info("%-12s SSIM %.4f  NMSE %.4f  PSNR %.2f", label, v["ssim"], v["nmse"], v["psnr"])
+    logger.info("%.3f s per slice (%d threads)", seconds_per_slice, args.threads)
     return 0
 
 

@@ -392,7 +392,7 @@ def test_cli_refuses_an_existing_map_unless_forced(cli_map, tmp_path):
         (["--contrasts", "0.1,abc"], "--contrasts needs comma-separated numbers"),
         (["--contrasts", "0.5,1.5"], "--contrasts: contrasts must be in (0, 1]"),
         (["--shapes", "disk,blob"], "--shapes: unknown shape 'blob'"),
-        (["--draws", "0"], "--draws must be an integer >= 1, got 0"),
+        (["--draws", "0"], "--draws must be an integer >= 1, got '0'"),
     ],
 )
 def test_cli_bad_grid_is_one_line(tmp_path, extra, message):

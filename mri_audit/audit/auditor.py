@@ -298,11 +298,12 @@ class Auditor:
         clean: dict[str, list[dict]] = {}
         failed: list[dict] = []
         for m in self.models:
-            try:
-                clean[m.name] = self._clean_metrics(ctx, m)
-                for a in self.config.attacks:
-                    attack = self.attacks[(m.name, a)]
-                    results[(m.name, a)] = attack.attack(ctx, self.engines[m.name])
+            try:  # cropped to this batch's target size, not the probe slice's
+                with m.estimator.cropping(ctx.target_shape):
+                    clean[m.name] = self._clean_metrics(ctx, m)
+                    for a in self.config.attacks:
+                        attack = self.attacks[(m.name, a)]
+                        results[(m.name, a)] = attack.attack(ctx, self.engines[m.name])
             except (KeyboardInterrupt, MriAuditError):
                 raise
             except Exception as err:  # a model that fails on some inputs

@@ -114,8 +114,9 @@ def render_panels(auditor, dataset, cases: Sequence[dict]) -> dict[str, np.ndarr
         arrays[f"case{i}_zero_filled"] = zf[0].float().cpu().numpy().astype(np.float16)
         arrays[f"case{i}_target"] = target[0].float().cpu().numpy().astype(np.float16)
         for j, m in enumerate(auditor.models):
-            with m.estimator.evaluation(), torch.inference_mode():
-                recon = m.estimator.reconstruct(
+            est = m.estimator
+            with est.evaluation(), est.cropping(ctx.target_shape), torch.inference_mode():
+                recon = est.reconstruct(
                     masked, ctx.mask, num_low_frequencies=ctx.num_low_frequencies
                 )
             arrays[f"case{i}_model{j}"] = recon[0].float().cpu().numpy().astype(np.float16)

@@ -265,7 +265,10 @@ class FnafAttack(EvasionAttack):
         Final: subclasses implement :meth:`_search` only.
         """
         engine = engine or self.engine()
-        with self.estimator.evaluation(parameters_require_grad=False):
+        with (
+            self.estimator.evaluation(parameters_require_grad=False),
+            self.estimator.cropping(ctx.target_shape),  # this batch's target size
+        ):
             features, scores = self._search(ctx, engine)
             counts = None
             if engine.precision != "fp32":

@@ -80,12 +80,13 @@ class DegradationAttack(EvasionAttack):
 
     def attack(self, ctx: SliceContext, engine=None) -> DegradationResult:
         """Perturb each slice and measure the reconstruction's change (final)."""
-        return self._measure(ctx, self._perturb(ctx))
+        with self.estimator.cropping(ctx.target_shape):  # this batch's size
+            return self._measure(ctx, self._perturb(ctx))
 
     def _measure(self, ctx: SliceContext, adv: torch.Tensor) -> DegradationResult:
         est = self.estimator
         masked = ctx.kspace * ctx.mask
-        with est.evaluation(), torch.inference_mode():
+        with est.evaluation(), est.cropping(ctx.target_shape), torch.inference_mode():
             nlf = ctx.num_low_frequencies
             clean = est.reconstruct(masked, ctx.mask, num_low_frequencies=nlf)
             attacked = est.reconstruct(adv * ctx.mask, ctx.mask, num_low_frequencies=nlf)

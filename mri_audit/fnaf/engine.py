@@ -148,7 +148,7 @@ class FnafEngine:
                     zero_filled=ctx.zero_filled[sl],
                 )
 
-            with torch.inference_mode():
+            with torch.inference_mode(), self.estimator.cropping(ctx.target_shape):
                 outs = self._chunked(ctx.num_slices, run)
             self._clean = (ctx.kspace, torch.cat(outs).float())
         return self._clean[1]
@@ -239,9 +239,11 @@ class FnafEngine:
         logger.warning("out of memory: retrying with --batch-size %d", self.batch_size)
 
     def _reconstruct(self, ctx: SliceContext, p: _Prepared) -> torch.Tensor:
-        return self.estimator.reconstruct(
-            p.masked, p.mask, num_low_frequencies=ctx.num_low_frequencies, zero_filled=p.zf
-        ).float()
+        # Cropped to this batch's target size, not the size the model was opened with.
+        with self.estimator.cropping(ctx.target_shape):
+            return self.estimator.reconstruct(
+                p.masked, p.mask, num_low_frequencies=ctx.num_low_frequencies, zero_filled=p.zf
+            ).float()
 
     def _evaluate_chunk(self, ctx: SliceContext, chunk: FeatureBatch) -> Scores:
         p = self._prepare(ctx, chunk)

@@ -184,7 +184,7 @@ class Trainer:
             if cfg.amp
             else contextlib.nullcontext()
         )
-        with amp:
+        with amp, self.est.cropping(ctx.target_shape):  # this batch's target size
             masked = ctx.kspace * ctx.mask
             clean = self.est.reconstruct(
                 masked, ctx.mask, num_low_frequencies=ctx.num_low_frequencies
@@ -259,10 +259,10 @@ class Trainer:
                 data_range=batch.max_values,
             )
             engine = FnafEngine(self.est, batch_size=cfg.candidate_batch)
-            result = attack.attack(ctx, engine)
-            metrics.update(
-                batch.volumes, engine.clean_reconstruction(ctx), ctx.target, batch.max_values
-            )
+            with self.est.cropping(ctx.target_shape):  # volumes may differ in size
+                result = attack.attack(ctx, engine)
+                recon = engine.clean_reconstruction(ctx)
+            metrics.update(batch.volumes, recon, ctx.target, batch.max_values)
             hits += int(result.hit.sum())
             total += ctx.num_slices
         return {**metrics.summary(), "attack_rate": hits / max(total, 1)}

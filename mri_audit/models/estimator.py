@@ -101,9 +101,7 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
         )
         self._device = device
         self.input_domain = input_domain
-        self.target_shape = (int(target_shape[0]), int(target_shape[1]))
-        self.operator = SamplingOperator(crop=self.target_shape)
-        """The MRI forward model the network is adapted to (its zero-filled input, the crop)."""
+        self.target_shape = target_shape  # also sets self.operator
         self.normalize = normalize
         self.name = name or type(model).__name__
         self._fixed_mask = None if mask is None else torch.as_tensor(mask).to(torch.bool)
@@ -111,6 +109,35 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
         self._input_shape: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ properties
+    @property
+    def target_shape(self) -> tuple[int, int]:
+        """``(h, w)`` reconstructions are centre-cropped to: the default given at construction,
+        or the size of the batch at hand inside :meth:`cropping`."""
+        return self._target_shape
+
+    @target_shape.setter
+    def target_shape(self, shape: Sequence[int]) -> None:
+        self._target_shape = (int(shape[0]), int(shape[1]))
+        # The MRI forward model the network is adapted to (its zero-filled input, the crop).
+        self.operator = SamplingOperator(crop=self._target_shape)
+
+    @contextlib.contextmanager
+    def cropping(self, target_shape: Sequence[int]) -> Iterator[None]:
+        """Crop to ``target_shape`` (the target size of the batch at hand) inside the block.
+
+        A folder may hold volumes of different target sizes: every caller that runs the model
+        on a batch crops to that batch's size, so a volume's results never depend on which
+        other volume opened the model. The previous size is restored on exit.
+        """
+        saved = self._target_shape
+        try:
+            if (int(target_shape[0]), int(target_shape[1])) != saved:
+                self.target_shape = target_shape
+            yield
+        finally:
+            if self._target_shape != saved:
+                self.target_shape = saved
+
     @property
     def model(self) -> torch.nn.Module:
         """The wrapped user model."""
@@ -292,27 +319,29 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
         return out.cpu().numpy() if is_numpy else out
 
     def compute_loss(self, x, y, reduction: str = "mean", **kwargs):
-        """Mean squared error between the reconstruction of ``x`` and the target ``y``."""
+        """Mean squared error between the reconstruction of ``x`` (cropped to the size of
+        ``y``) and the target ``y``."""
         is_numpy = isinstance(x, np.ndarray)
-        with self.evaluation(), torch.no_grad():
+        yt = torch.as_tensor(y, device=self._device, dtype=torch.float32)
+        with self.evaluation(), self.cropping(yt.shape[-2:]), torch.no_grad():
             xt, mask = self._to_complex(x)
-            yt = torch.as_tensor(y, device=self._device, dtype=torch.float32)
             err = (self._predict_torch(xt, mask) - yt).square().flatten(1).mean(1)
             loss = {"mean": err.mean(), "sum": err.sum(), "none": err}[reduction]
         return loss.cpu().numpy() if is_numpy else loss
 
     def loss_gradient(self, x, y, training_mode: bool = False, **kwargs):
-        """Gradient of the reconstruction MSE against ``y`` with respect to the k-space ``x``.
+        """Gradient of the reconstruction MSE against ``y`` with respect to the k-space ``x``
+        (the reconstruction is cropped to the size of ``y``).
 
         Shape:
             x: ``(B, coils, H, W, 2)``; y: ``(B, h, w)``; returns the shape of ``x``.
         """
         is_numpy = isinstance(x, np.ndarray)
-        with self.evaluation():
+        yt = torch.as_tensor(y, device=self._device, dtype=torch.float32)
+        with self.evaluation(), self.cropping(yt.shape[-2:]):
             self._model.train(training_mode)
             xt, mask = self._to_complex(x)
             xt = xt.detach().requires_grad_(True)
-            yt = torch.as_tensor(y, device=self._device, dtype=torch.float32)
             loss = (self._predict_torch(xt, mask) - yt).square().mean()
             (grad,) = torch.autograd.grad(loss, xt)
         grad = torch.nan_to_num(grad)
