@@ -424,7 +424,7 @@ class Net(torch.nn.Module):
         self.calls = 0
     def forward(self, x):
         self.calls += 1
-        if self.calls > 3 and self.calls % 4 == 0:
+        if self.calls > 6 and self.calls % 4 == 0:  # the dry run makes 6 calls
             raise RuntimeError("fails on every fourth call after the dry run")
         return x + self.c(x)
 """

@@ -34,6 +34,7 @@ from mri_audit.audit.auditor import DEFAULT_ATTACKS
 from mri_audit.audit.keywords import KEYWORDS, SETTINGS, check_keywords, model_entry
 from mri_audit.audit.result import AuditResult
 from mri_audit.audit.run_setup import (
+    apply_samples,
     attack_classes_for,
     check_attacks,
     claim_out,
@@ -99,6 +100,7 @@ def audit(
     compile_model: bool = False,
     max_attack_rate: float | None = None,
     recovery_map: bool = False,
+    samples: int | None = None,
     out: str | Path | None = None,
     resume: bool = False,
     force: bool = False,
@@ -128,6 +130,8 @@ def audit(
         precision: ``fp32``, ``bf16`` or ``fp16`` for the search (picks rescored in fp32).
         max_attack_rate: the gate (``verdict``); None for none.
         recovery_map: add the feature-recovery map (default grid) to the results.
+        samples: reconstructions averaged per input for a stochastic model (None: 8; refused
+            when every model is deterministic).
         out: write the journal as the audit goes and every file at the end into this folder
             (None: a temporary journal; call :meth:`AuditResult.write` to keep the files).
         resume, force: continue the audit in ``out``, or replace it.
@@ -182,6 +186,7 @@ def audit(
                 compile_model=c["compile_model"],
                 max_attack_rate=c["max_attack_rate"],
                 recovery_map=c["recovery_map"],
+                samples=c["samples"],
                 out=folder,
                 write=not owned,
                 resume=c["resume"] and not owned,
@@ -215,6 +220,7 @@ def _audit(
     compile_model,
     max_attack_rate,
     recovery_map,
+    samples,
     out,
     write,
     resume,
@@ -266,6 +272,7 @@ def _audit(
         mask_func=mask_func,
         need_gradient=need_grad,
     )
+    apply_samples(opened, samples)
     names = unique_names([o.estimator.name for o in opened])
     if compile_model and all(o.loaded.kind == "torchscript" for o in opened):
         raise UsageError(

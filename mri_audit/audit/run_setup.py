@@ -17,6 +17,7 @@ from mri_audit.errors import UsageError
 from mri_audit.models.opening import open_entries
 
 __all__ = [
+    "apply_samples",
     "attack_classes_for",
     "check_attacks",
     "check_precision",
@@ -119,6 +120,25 @@ def check_attacks(attack_classes: dict, config, estimator) -> None:
             raise UsageError(f"{name}: {err}") from None
 
 
+def apply_samples(opened: Sequence, samples: int | None) -> None:
+    """``--samples``: the reconstructions a stochastic model averages per input.
+
+    Raises:
+        UsageError: ``--samples`` other than 1 when the dry run found every model deterministic.
+    """
+    stochastic = [o.estimator for o in opened if o.estimator.call.stochastic]
+    if samples is None:
+        return
+    if not stochastic and samples != 1:
+        names = ", ".join(o.estimator.name for o in opened)
+        raise UsageError(
+            f"--samples applies to stochastic models, but the dry run found every model "
+            f"deterministic ({names}), so it would be ignored; remove it"
+        )
+    for est in stochastic:
+        est.samples = int(samples)
+
+
 def check_precision(precision: str, device) -> None:
     """``bf16``/``fp16`` on a CPU: bf16 runs where the CPU computes it natively (AMX,
     AVX512-BF16: the example U-Net's forward took 0.51x the fp32 time here, see
@@ -191,9 +211,18 @@ def model_info(opened, entry, name: str) -> dict:
         "domain": opened.estimator.input_domain,
         "normalize": opened.estimator.normalize,
         "parameters": opened.parameters,
+        **_behaviour(opened.estimator),
         "model_args": {k: repr(v) for k, v in args.items()},
         "packages": imported_packages(loaded.module) if loaded.kind not in programs else {},
     }
+
+
+def _behaviour(estimator) -> dict:
+    """What the dry run found (stochastic? batch-coupled?) and the samples averaged per input."""
+    b = getattr(estimator, "behaviour", None)
+    if b is None:
+        return {}
+    return {"behaviour": b.to_dict(), "samples": estimator.samples}
 
 
 def check_resume(header: dict, identity: dict, stored: dict, out: Path) -> None:

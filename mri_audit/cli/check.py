@@ -80,6 +80,9 @@ def check(**opts) -> None:
     click.echo(f"domain      {est.input_domain}   normalize: {est.normalize}")
     click.echo(f"parameters  {opened.parameters:,} ({opened.trainable:,} trainable)")
     click.echo(f"device      {dev}")
+    behaviour = getattr(est, "behaviour", None)
+    if behaviour is not None:
+        click.echo(f"behaviour   {behaviour.describe(est.samples)}")
     click.echo(
         f"data        {described.get('source', data)}: {len(valid)} slices, "
         f"{len(model_m)} volumes, {mask_type} mask {accel:g}x"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from mri_audit.cli.harden_checks import refuse_program, refuse_untrainable
 from mri_audit.errors import ModelError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -127,20 +128,6 @@ def _start_weights(opts: dict, model, start_path: Path) -> None:
             ) from None
 
 
-def _refuse_program(spec: str) -> None:
-    """TorchScript and ``.pt2`` programs cannot be trained: refused before any work."""
-    from mri_audit.models.loading import PROGRAM_SUFFIXES
-
-    target, sep, _ = spec.rpartition(":")
-    target = target if sep and not (len(target) == 1 and target.isalpha()) else spec
-    program = Path(target).suffix.lower() in PROGRAM_SUFFIXES
-    if program or (not sep and Path(spec).is_file() and Path(spec).suffix.lower() != ".py"):
-        raise ModelError(
-            "harden fine-tunes a Python model class; TorchScript and exported (.pt2) models "
-            "cannot be trained here: pass path/to/file.py:Name with --weights"
-        )
-
-
 def _execute(opts: dict, env, device, command_line: list[str]) -> int:
     from tqdm import tqdm
 
@@ -166,7 +153,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         if resuming
         else "no epoch was finished, so there is nothing to resume; run the command again"
     )
-    _refuse_program(str(opts["model_spec"]))  # before the data is read or the model dry-run
+    refuse_program(str(opts["model_spec"]))  # before the data is read or the model dry-run
     train, select, val = _datasets(opts)
     probe = probe_batch(train, "the training data")
     accels = tuple(opts["accel"])
@@ -181,13 +168,7 @@ def _execute(opts: dict, env, device, command_line: list[str]) -> int:
         mask_func=mask_func,
         need_gradient=True,
     )
-    from mri_audit.models.exported import PROGRAM_KINDS
-
-    if opened.loaded.kind in PROGRAM_KINDS:
-        raise ModelError(
-            "harden fine-tunes a Python model class; TorchScript and exported (.pt2) models "
-            "cannot be trained here: pass path/to/file.py:Name with --weights"
-        )
+    refuse_untrainable(opened)
     config = HardenConfig(
         accels=accels,
         center_fraction=opts["center_fraction"],

@@ -47,6 +47,7 @@ def execute(opts: dict, command_line: list[str]) -> int:
             compile_model=opts["compile_model"],
             max_attack_rate=opts["max_attack_rate"],
             recovery_map=opts["map"],
+            samples=opts["samples"],
             out=opts["out"],
             resume=opts["resume"],
             force=opts["force"],

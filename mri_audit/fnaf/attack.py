@@ -271,16 +271,25 @@ class FnafAttack(EvasionAttack):
         ):
             features, scores = self._search(ctx, engine)
             counts = None
-            if engine.precision != "fp32":
-                features, scores, counts = self._rescore(ctx, engine, features, scores)
+            if self.estimator.call.stochastic:  # the picks re-scored on fresh noise
+                features, scores, counts = self._rescore(
+                    ctx, engine.confirming(), features, scores, top=1
+                )
+            elif engine.precision != "fp32":
+                features, scores, counts = self._rescore(
+                    ctx, engine.full_precision(), features, scores, top=2
+                )
         return self._finish(ctx, features, scores, counts)
 
-    def _rescore(self, ctx: SliceContext, engine: FnafEngine, features, scores):
-        """Reduced precision finds the candidates; the reported scores are fp32.
+    def _rescore(self, ctx: SliceContext, engine: FnafEngine, features, scores, *, top: int):
+        """The search finds the candidates; the reported scores come from ``engine``.
 
-        Each criterion's two best candidates per slice are rescored in fp32 (so a re-read under
-        another criterion is rescored too, and a refinement that reduced precision ranked above
-        its start cannot report less than the start). Counts come from the whole search.
+        Reduced precision (``top=2``): each criterion's two best candidates per slice are
+        rescored in fp32 (so a re-read under another criterion is rescored too, and a
+        refinement that reduced precision ranked above its start cannot report less than the
+        start). A stochastic model (``top=1``): each criterion's pick is re-scored on fresh,
+        independent noise (:meth:`FnafEngine.confirming`), so its hit is not the luck of the
+        draw that won the search (the winner's curse). Counts come from the whole search.
         """
         si = features.slice_index
         keep, accepted = [], {}
@@ -290,11 +299,11 @@ class FnafAttack(EvasionAttack):
             second = select_best(
                 key.index_fill(0, first.index[first.found], -float("inf")), si, ctx.num_slices
             )
-            keep += [first.index[first.found], second.index[second.found]]
+            keep += [first.index[first.found], second.index[second.found]][:top]
             accepted[name] = first.accepted
         control = self._control(ctx, si, scores.control)
         keep = torch.cat(keep).unique()
-        rescored = engine.full_precision().evaluate(ctx, features.take(keep))
+        rescored = engine.evaluate(ctx, features.take(keep))
         return features.take(keep), rescored, (first.evaluated, control, accepted)
 
     @staticmethod

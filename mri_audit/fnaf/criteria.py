@@ -55,6 +55,37 @@ def _get(q: Any, name: str) -> torch.Tensor:
     return torch.as_tensor(value).to(torch.float64)
 
 
+# One-sided 95% quantiles of Student's t with 1..30 degrees of freedom (then the normal's).
+_T95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782)
+_T95 += (1.771, 1.761, 1.753, 1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711)
+_T95 += (1.708, 1.706, 1.703, 1.701, 1.699, 1.697)
+
+
+def t95(df: int) -> float:
+    """The one-sided 95% quantile of Student's t with ``df`` degrees of freedom (0 for none)."""
+    if df < 1:
+        return 0.0
+    return _T95[df - 1] if df <= len(_T95) else 1.645
+
+
+def sampling_error(q: Any) -> torch.Tensor:
+    """How far a stochastic model's mean erasure (or recovery) must clear a threshold to count:
+    ``t95(samples − 1) · r_se`` (a one-sided test at the 5% level on the paired samples); 0
+    for a deterministic model (one sample) and for records without samples."""
+    r = _get(q, "r")
+    if not _has(q, "r_se"):
+        return torch.zeros_like(r)
+    se = torch.nan_to_num(_get(q, "r_se"), nan=0.0)
+    n = _get(q, "samples") if _has(q, "samples") else torch.ones_like(r)
+    n = torch.nan_to_num(n, nan=1.0)
+    t = torch.tensor([t95(int(k) - 1) for k in n.flatten().tolist()], dtype=torch.float64)
+    return t.reshape(n.shape).to(se.device) * se
+
+
+def _has(q: Any, name: str) -> bool:
+    return name in q if isinstance(q, Mapping) else hasattr(q, name)
+
+
 def _finite(*xs: torch.Tensor) -> torch.Tensor:
     ok = torch.ones_like(xs[0], dtype=torch.bool)
     for x in xs:
@@ -139,7 +170,7 @@ class Erasure(Criterion):
 
     def hit(self, q) -> torch.Tensor:
         s = self.score(q)
-        return self.admissible(q) & (s >= self.margin)
+        return self.admissible(q) & (s >= self.margin + sampling_error(q))
 
 
 class Recovery(Criterion):
@@ -173,7 +204,7 @@ class Recovery(Criterion):
         return _finite(r, r0) & (r0 >= self.min_evidence)
 
     def hit(self, q) -> torch.Tensor:
-        return self.admissible(q) & (_get(q, "r") < self.min_recovery)
+        return self.admissible(q) & (_get(q, "r") < self.min_recovery - sampling_error(q))
 
 
 class Paper(Criterion):

@@ -41,6 +41,9 @@ class Scores(NamedTuple):
         ip: the paper's IP distance ``D = Σ (N(zf(x')) − N(zf(x)))²/320²``.
         region_nmse: NMSE on the region Ω in normalised units.
         control: ``L`` of the clean reconstruction on the same region, without the feature.
+        r_se: standard error of ``r`` over a stochastic model's samples (0 when deterministic;
+            also the standard error of ``e``, as ``r0`` has none).
+        samples: reconstructions averaged per input (1 when deterministic).
 
     Shape:
         every field ``(N,)``.
@@ -54,6 +57,8 @@ class Scores(NamedTuple):
     ip: torch.Tensor
     region_nmse: torch.Tensor
     control: torch.Tensor
+    r_se: torch.Tensor
+    samples: torch.Tensor
 
     def take(self, index: torch.Tensor) -> Scores:
         """The scores at ``index``."""
@@ -108,6 +113,9 @@ class FnafEngine:
         self.batch_size = int(batch_size)
         self._clean: tuple[torch.Tensor, torch.Tensor] | None = None
         self._memo: tuple[torch.Tensor, dict] | None = None
+        self.stream = 0
+        """The noise stream of a stochastic model's samples (the confirmation re-scores on
+        :data:`~mri_audit.models.sampling.CONFIRM_STREAM`, fresh seeds)."""
 
     def autocast(self):
         """The model's precision context for the candidate search (a no-op for fp32)."""
@@ -121,7 +129,36 @@ class FnafEngine:
             return self
         engine = FnafEngine(self.estimator, batch_size=self.batch_size)
         engine._clean = self._clean  # computed outside autocast: already fp32
+        engine.stream = self.stream
         return engine
+
+    def confirming(self) -> FnafEngine:
+        """An fp32 engine whose samples are fresh, independent noise (a stochastic model's
+        selected candidates are re-scored with it: no winner's curse)."""
+        from mri_audit.models.sampling import CONFIRM_STREAM
+
+        engine = FnafEngine(self.estimator, batch_size=self.batch_size)
+        engine.stream = CONFIRM_STREAM
+        return engine
+
+    def _samples(self, ctx: SliceContext, si: torch.Tensor, run) -> torch.Tensor:
+        """``run()`` once per sample, each under the items' noise keys (one sample, no keys,
+        for a deterministic model).
+
+        Shape:
+            returns ``(S, N, h, w)``.
+        """
+        est = self.estimator
+        if est.call.plain:
+            return run().float().unsqueeze(0)
+        from mri_audit.models.sampling import item_keys
+
+        keys = item_keys(ctx.volume_keys[si], ctx.slices[si])
+        outs = []
+        for sample in range(max(1, int(est.samples))):
+            with est.call.noise(keys, sample=sample, stream=self.stream):
+                outs.append(run().float())
+        return torch.stack(outs)
 
     def memo(self, ctx: SliceContext) -> dict:
         """A per-context store for search results several attacks share (e.g. ``fnaf-pgd``
@@ -131,26 +168,40 @@ class FnafEngine:
         return self._memo[1]
 
     def clean_reconstruction(self, ctx: SliceContext) -> torch.Tensor:
-        """The model's reconstruction of each clean slice (cached per context).
+        """The model's reconstruction of each clean slice (its mean over a stochastic model's
+        samples), cached per context.
 
         Shape:
             returns ``(B, h, w)``.
+        """
+        return self.clean_samples(ctx).mean(0)
+
+    def clean_samples(self, ctx: SliceContext) -> torch.Tensor:
+        """Every sample of the clean reconstructions (one for a deterministic model).
+
+        Shape:
+            returns ``(S, B, h, w)``.
         """
         # Keep the k-space itself as the key: an id() could be reused after it is freed.
         if self._clean is None or self._clean[0] is not ctx.kspace:
 
             def run(start: int, stop: int) -> torch.Tensor:
                 sl = slice(start, stop)
-                return self.estimator.reconstruct(
-                    ctx.kspace[sl] * ctx.mask[sl],
-                    ctx.mask[sl],
-                    num_low_frequencies=ctx.num_low_frequencies,
-                    zero_filled=ctx.zero_filled[sl],
+                index = torch.arange(start, stop, device=ctx.kspace.device)
+                return self._samples(
+                    ctx,
+                    index,
+                    lambda: self.estimator.reconstruct(
+                        ctx.kspace[sl] * ctx.mask[sl],
+                        ctx.mask[sl],
+                        num_low_frequencies=ctx.num_low_frequencies,
+                        zero_filled=ctx.zero_filled[sl],
+                    ),
                 )
 
             with torch.inference_mode(), self.estimator.cropping(ctx.target_shape):
                 outs = self._chunked(ctx.num_slices, run)
-            self._clean = (ctx.kspace, torch.cat(outs).float())
+            self._clean = (ctx.kspace, torch.cat(outs, dim=1).float())
         return self._clean[1]
 
     def _prepare(self, ctx: SliceContext, features: FeatureBatch, probe=None) -> _Prepared:
@@ -171,8 +222,17 @@ class FnafEngine:
             d, fnaf_region(support), masked, mask, zf, target, ip / REFERENCE_AREA, rho, r0
         )
 
-    def _scores(self, ctx, si, p: _Prepared, recon: torch.Tensor) -> Scores:
-        clean = self.clean_reconstruction(ctx)[si]
+    def _scores(self, ctx, si, p: _Prepared, samples: torch.Tensor) -> Scores:
+        clean_samples = self.clean_samples(ctx)[:, si]
+        if samples.shape[0] == 1:  # deterministic: exactly the one reconstruction
+            recon, clean = samples[0], clean_samples[0]
+            r = _recovery(recon, clean, p.d)
+            r_se = torch.zeros_like(r)
+        else:  # r per sample (common random numbers: the clean and feature runs share noise)
+            recon, clean = samples.mean(0), clean_samples.mean(0)
+            per = _recovery(samples, clean_samples, p.d)  # (S, N)
+            r = per.mean(0)
+            r_se = per.std(0) / samples.shape[0] ** 0.5
         std = ctx.t_std[si, None, None]
         region = p.region
         err = ((recon - p.target) / std).square() * region
@@ -180,7 +240,6 @@ class FnafEngine:
         ref = ((p.target - ctx.t_mean[si, None, None]) / std).square() * region
         rnmse = err.sum((-2, -1)) / ref.sum((-2, -1)).clamp_min(1e-12)
         control = ((clean - ctx.target[si]) / std).square() * region
-        r = _recovery(recon, clean, p.d)
         return Scores(
             r=r,
             r0=p.r0,
@@ -190,6 +249,8 @@ class FnafEngine:
             ip=p.ip,
             region_nmse=rnmse,
             control=(control.sum((-2, -1)) / REFERENCE_AREA).detach(),
+            r_se=r_se.detach(),
+            samples=torch.full_like(r_se.detach(), float(samples.shape[0])),
         )
 
     def evaluate(self, ctx: SliceContext, features: FeatureBatch) -> Scores:
@@ -238,18 +299,23 @@ class FnafEngine:
         self.batch_size = max(1, self.batch_size // 2)
         logger.warning("out of memory: retrying with --batch-size %d", self.batch_size)
 
-    def _reconstruct(self, ctx: SliceContext, p: _Prepared) -> torch.Tensor:
+    def _reconstruct(self, ctx: SliceContext, si: torch.Tensor, p: _Prepared) -> torch.Tensor:
+        """Every sample of the candidates' reconstructions, ``(S, N, h, w)``."""
         # Cropped to this batch's target size, not the size the model was opened with.
         with self.estimator.cropping(ctx.target_shape):
-            return self.estimator.reconstruct(
-                p.masked, p.mask, num_low_frequencies=ctx.num_low_frequencies, zero_filled=p.zf
-            ).float()
+            return self._samples(
+                ctx,
+                si,
+                lambda: self.estimator.reconstruct(
+                    p.masked, p.mask, num_low_frequencies=ctx.num_low_frequencies, zero_filled=p.zf
+                ),
+            )
 
     def _evaluate_chunk(self, ctx: SliceContext, chunk: FeatureBatch) -> Scores:
         p = self._prepare(ctx, chunk)
         with self.autocast():
-            recon = self._reconstruct(ctx, p)
-        return self._scores(ctx, chunk.slice_index, p, recon)
+            samples = self._reconstruct(ctx, chunk.slice_index, p)
+        return self._scores(ctx, chunk.slice_index, p, samples)
 
     def scores_with_grad(
         self, ctx: SliceContext, features: FeatureBatch, probe: torch.Tensor | None = None
@@ -265,14 +331,15 @@ class FnafEngine:
         """
         self.clean_reconstruction(ctx)
         p = self._prepare(ctx, features, probe)
-        return self._scores(ctx, features.slice_index, p, self._reconstruct(ctx, p))
+        si = features.slice_index
+        return self._scores(ctx, si, p, self._reconstruct(ctx, si, p))
 
 
 def _recovery(with_feature: torch.Tensor, without: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """``Σ (a − b)·d / Σ d²`` per sample (d is zero off its support); NaN for an all-zero d.
 
     Shape:
-        with_feature, without, d: ``(N, h, w)``; returns ``(N,)``.
+        with_feature, without: ``(..., N, h, w)``; d: ``(N, h, w)``; returns ``(..., N)``.
     """
     energy = d.square().sum((-2, -1))
     num = ((with_feature - without) * d).sum((-2, -1))

@@ -14,13 +14,26 @@ from mri_audit.fnaf.features import SliceContext, encode_features
 if TYPE_CHECKING:
     from mri_audit.fnaf.attack import AttackResult, Pick
 
-__all__ = ["result_records"]
+__all__ = ["result_records", "SAMPLING"]
+
+SAMPLING = ("r_se", "samples")
+"""A stochastic model's sampling fields, kept only when it averaged more than one sample (a
+deterministic model's records are as they were): ``samples`` and the standard error of ``r``
+(``e_se``, the same number, since ``r0`` is deterministic)."""
+
+
+def _sampling(p: dict, i: int) -> dict:
+    n = p["samples"][i]
+    if n is None or n != n or n <= 1:
+        return {}
+    se = _plain(p["r_se"][i])
+    return {"samples": int(n), "r_se": se, "e_se": se}
 
 
 def _pick_fields(pick: Pick) -> dict[str, list]:
     """A pick's per-slice values as host lists (one transfer per tensor)."""
     out = {"found": pick.found.tolist(), "score": pick.score.tolist()}
-    out |= {q: getattr(pick.scores, q).tolist() for q in QUANTITIES}
+    out |= {q: getattr(pick.scores, q).tolist() for q in (*QUANTITIES, *SAMPLING)}
     out |= {"accepted": pick.accepted.tolist(), "row": pick.row.tolist(), "col": pick.col.tolist()}
     return out
 
@@ -52,6 +65,7 @@ def result_records(ctx: SliceContext, result: AttackResult) -> list[dict]:
         rec["hit"] = bool(hit[i])
         rec["score"] = _plain(main["score"][i])
         rec.update({q: _plain(main[q][i]) for q in QUANTITIES})
+        rec.update(_sampling(main, i))
         rec["control"] = _plain(control[i])
         rec["control_hit"] = bool(control_hit[i])
         rec["evaluated"] = int(evaluated[i])
@@ -65,6 +79,7 @@ def result_records(ctx: SliceContext, result: AttackResult) -> list[dict]:
                 "found": bool(p["found"][i]),
                 "score": _plain(p["score"][i]),
                 **{q: _plain(p[q][i]) for q in QUANTITIES},
+                **_sampling(p, i),
                 "accepted": int(p["accepted"][i]),
                 "row": None if _plain(p["row"][i]) is None else round(p["row"][i], 2),
                 "col": None if _plain(p["col"][i]) is None else round(p["col"][i], 2),

@@ -184,9 +184,11 @@ class Trainer:
             if cfg.amp
             else contextlib.nullcontext()
         )
-        with amp, self.est.cropping(ctx.target_shape):  # this batch's target size
+        # The outer step goes through train_est: under torchrun its model is the
+        # DistributedDataParallel wrapper, which averages the gradients across processes.
+        with amp, self.train_est.cropping(ctx.target_shape):  # this batch's target size
             masked = ctx.kspace * ctx.mask
-            clean = self.est.reconstruct(
+            clean = self.train_est.reconstruct(
                 masked, ctx.mask, num_low_frequencies=ctx.num_low_frequencies
             ).float()
             loss_clean = image_loss(cfg.loss, clean, ctx.target, ctx.t_std, ctx.data_range)
@@ -197,7 +199,7 @@ class Trainer:
                 si = features.slice_index
                 d, support = paint(features, ctx.target_shape)
                 kspace, target = insert(ctx, si, d)
-                recon = self.est.reconstruct(
+                recon = self.train_est.reconstruct(
                     kspace * ctx.mask[si], ctx.mask[si], num_low_frequencies=ctx.num_low_frequencies
                 ).float()
                 region = fnaf_region(support)

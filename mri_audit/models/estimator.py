@@ -31,6 +31,7 @@ import torch
 
 from mri_audit.models import DOMAINS, NORMALIZATIONS
 from mri_audit.models.art_setup import LossGradientsMixin, PyTorchEstimator
+from mri_audit.models.sampling import ModelCall, accepts_generator
 from mri_audit.mri.operator import SamplingOperator
 from mri_audit.mri.physics import center_crop
 
@@ -107,6 +108,12 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
         self._fixed_mask = None if mask is None else torch.as_tensor(mask).to(torch.bool)
         self._pass_nlf = input_domain == "kspace" and _accepts_num_low_frequencies(model)
         self._input_shape: tuple[int, ...] = ()
+        self.call = ModelCall(generator=accepts_generator(model))
+        """How the model is called: as it is, per item (batch-coupled) or under keyed noise
+        (stochastic); the dry run sets it (:mod:`mri_audit.models.behaviour`)."""
+        self.samples = 1
+        """Reconstructions per input that an audit averages (``--samples``; 1 when
+        deterministic)."""
 
     # ------------------------------------------------------------------ properties
     @property
@@ -208,13 +215,16 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
                 mean = image.mean(dim=(-2, -1), keepdim=True)
                 std = image.std(dim=(-2, -1), keepdim=True).clamp_min(_EPS)
                 normed = ((image - mean) / std).clamp(-CLAMP, CLAMP)
-                out = self._check_tensor(self._model(normed.unsqueeze(1)), masked_kspace)
+                out = self._check_tensor(
+                    self.call(self._model, [normed.unsqueeze(1)]), masked_kspace
+                )
                 # (normed is a fresh tensor: a model that edits its input in place cannot
                 # reach the tool's own tensors)
                 out = self._squeeze_channel(out) * std + mean
             else:
                 # A copy: the zero-filled image is cached and reused by the tool.
-                out = self._check_tensor(self._model(image.unsqueeze(1).clone()), masked_kspace)
+                out = self.call(self._model, [image.unsqueeze(1).clone()])
+                out = self._check_tensor(out, masked_kspace)
                 out = self._squeeze_channel(out)
         else:
             mask5 = mask.to(torch.bool).reshape(mask.shape[0], 1, 1, -1, 1)
@@ -224,7 +234,8 @@ class Reconstructor(PyTorchEstimator, LossGradientsMixin):
                 kwargs["num_low_frequencies"] = int(num_low_frequencies)
             # Copies: a model that edits its masked_kspace or mask in place must not change the
             # tensors the tool goes on using (the IP distance, the losses, other models).
-            out = self._model(torch.view_as_real(masked_kspace).clone(), mask5.clone(), **kwargs)
+            kspace5 = torch.view_as_real(masked_kspace).clone()
+            out = self.call(self._model, [kspace5, mask5.clone()], **kwargs)
             out = self._check_tensor(out, masked_kspace)
             if out.ndim == 4 and out.shape[1] == 1:
                 out = out[:, 0]

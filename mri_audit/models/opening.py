@@ -15,6 +15,7 @@ import torch
 from mri_audit.data.datasets import SliceBatch
 from mri_audit.errors import DeviceError, ModelError, MriAuditError
 from mri_audit.models import DOMAINS
+from mri_audit.models.behaviour import probe_behaviour
 from mri_audit.models.entries import ModelEntry, with_arguments
 from mri_audit.models.estimator import Reconstructor
 from mri_audit.models.loading import LoadedModel, load_model
@@ -124,6 +125,33 @@ def _hint(domain: str, shape: tuple[int, ...], target: tuple[int, int]) -> str:
     )
 
 
+def report_behaviour(estimator: Reconstructor) -> None:
+    """Say how a stochastic or batch-coupled model will be run (one line each), and warn
+    when its declaration contradicts the checks."""
+    b = getattr(estimator, "behaviour", None)
+    if b is None:
+        return
+    for line in b.warnings(estimator.name):
+        logger.warning(line)
+    if b.coupled:
+        logger.warning(
+            "%s couples batch items (a slice alone and in a batch differ by %s of the output's "
+            "range): it runs one item per forward pass, so a batch of N costs N passes",
+            estimator.name,
+            "?" if b.coupled_gap is None else f"{b.coupled_gap:.1e}",
+        )
+    if b.stochastic:
+        logger.warning(
+            "%s is stochastic (two runs of one input differ by %.1e of the output's range): every "
+            "forward runs under noise keyed by (seed, volume, slice, sample)%s, %d samples per "
+            "input (--samples)",
+            estimator.name,
+            b.stochastic_gap,
+            "" if b.generator else ", one item at a time (its forward takes no generator=)",
+            estimator.samples,
+        )
+
+
 def validate_reconstructor(
     estimator: Reconstructor, probe: SliceBatch, mask_func: MaskFunc, *, need_gradient: bool
 ) -> None:
@@ -176,6 +204,15 @@ def validate_reconstructor(
                 f"{name} gives the same output for different inputs: it ignores its input "
                 "(check that forward uses its argument)"
             )
+        try:
+            estimator.behaviour = probe_behaviour(estimator, masked, mask, m.num_low_frequencies)
+        except (TypeError, ValueError, RuntimeError, IndexError) as err:
+            msg = " ".join(str(err).split())[:300]
+            raise ModelError(
+                f"{name} failed when run on a batch of two slices (the batch-coupling check): "
+                f"{type(err).__name__}: {msg}; a model must take any batch size"
+            ) from err
+    report_behaviour(estimator)
     if need_gradient:
         raw_grad: list[torch.Tensor] = []
         try:

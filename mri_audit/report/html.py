@@ -33,7 +33,8 @@ from mri_audit.report.method import SCORE_LABEL, fmt, methodology, num, pct, rat
 from mri_audit.report.sections import record_figures, transfer_section, worst_cases
 
 MODEL_KEYS = (
-    "name spec kind source_sha256 weights weights_sha256 domain normalize parameters packages"
+    "name spec kind source_sha256 weights weights_sha256 domain normalize parameters packages "
+    "behaviour samples"
 )
 __all__ = ["AuditInputs", "load_audit", "build_context", "render_html", "render_report"]
 

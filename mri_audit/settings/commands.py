@@ -140,6 +140,14 @@ RUN: tuple[Setting, ...] = (
     WINDOW,
     INSERT,
     Setting(
+        "samples",
+        "int",
+        low=1,
+        help="Reconstructions averaged per input for a stochastic model (the dry run tells "
+        "which are): r is their mean, with its standard error [default: 8 for a stochastic "
+        "model, 1 otherwise].",
+    ),
+    Setting(
         "attack_params",
         "text",
         default=(),
