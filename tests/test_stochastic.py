@@ -152,14 +152,27 @@ def _records(spec: str, **kwargs):
 
 
 def test_pure_noise_is_not_a_lost_feature_and_a_median_filter_still_is(models):
-    """The issue's two models: noise around the zero-filled image loses nothing (at most 1 of
-    8 slices hit); the same noise around a 5x5 median filter is hit on at least 80%."""
-    kwargs = dict(max_volumes=2, max_slices=4, attacks=("fnaf-rs", "fnaf-pgd"), **FAST)
+    """The issue's two models, small: noise around the zero-filled image loses nothing; the
+    same noise around a 5x5 median filter is still hit."""
+    kwargs = dict(max_volumes=1, max_slices=3, attacks=("fnaf-rs", "fnaf-pgd"), **FAST)
+    noisy = _records(_spec(models, "Noisy"), **kwargs)
+    assert len(noisy) == 6 and not noisy["hit"].any(), noisy
+    assert (noisy["samples"] == 4).all() and (noisy["r_se"] >= 0).all()
+    assert (noisy["e_se"] == noisy["r_se"]).all()
+    median = _records(_spec(models, "NoisyMedian"), **kwargs)
+    assert median["hit"].all(), median
+
+
+@pytest.mark.slow  # the issue's setting: 2 volumes x 4 slices, default samples and budgets
+def test_the_issue_models_at_default_settings(models):
+    """Noise around the zero-filled image (sigma 0.3 normalised) is hit on at most 1 of 8
+    slices by fnaf-rs and by fnaf-pgd (it was 62.5% and 75% before keyed noise and samples);
+    the same noise around a 5x5 median filter on at least 80%."""
+    kwargs = dict(max_volumes=2, max_slices=4, attacks=("fnaf-rs", "fnaf-pgd"))
     noisy = _records(_spec(models, "Noisy"), **kwargs)
     for attack, rows in noisy.groupby("attack"):
         assert len(rows) == 8 and rows["hit"].sum() <= 1, (attack, rows)
-    assert (noisy["samples"] == 4).all() and (noisy["r_se"] >= 0).all()
-    assert (noisy["e_se"] == noisy["r_se"]).all()
+    assert (noisy["samples"] == 8).all()
     median = _records(_spec(models, "NoisyMedian"), **kwargs)
     for attack, rows in median.groupby("attack"):
         assert rows["hit"].mean() >= 0.8, (attack, rows)
@@ -241,3 +254,27 @@ def test_a_hit_needs_the_erasure_beyond_its_sampling_error():
     assert recovery.hit(close)
     assert not recovery.hit({**close, "r_se": torch.tensor([0.05]), "samples": torch.tensor([4.0])})
     assert t95(0) == 0.0 and t95(7) == pytest.approx(1.895) and t95(1000) == pytest.approx(1.645)
+
+
+def test_report_and_files_of_a_stochastic_audit(models, tmp_path):
+    """records.csv carries samples and the standard errors; the model table says how the model
+    ran; the worst cases hold the sample mean and one sample."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    out = tmp_path / "a"
+    args = ["run", "--model", _spec(models, "NoisyMedian"), "--max-volumes", "1"]
+    args += ["--max-slices", "1", "--attacks", "fnaf-rs", "--candidates", "2", "--samples", "3"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    csv = pd.read_csv(out / "records.csv")
+    assert {"samples", "r_se", "e_se"} <= set(csv.columns) and (csv["samples"] == 3).all()
+    info = json.loads((out / "results.json").read_text())["models"][0]
+    assert info["behaviour"]["stochastic"] and info["samples"] == 3
+    html = (out / "report.html").read_text()
+    assert "stochastic (3 samples)" in html and "Stochastic and batch-coupled models" in html
+    images = np.load(out / "audit_images.npz")
+    assert "case0_model0" in images and "case0_model0_sample" in images
+    assert not np.array_equal(images["case0_model0"], images["case0_model0_sample"])

@@ -116,8 +116,30 @@ def render_panels(auditor, dataset, cases: Sequence[dict]) -> dict[str, np.ndarr
         for j, m in enumerate(auditor.models):
             est = m.estimator
             with est.evaluation(), est.cropping(ctx.target_shape), torch.inference_mode():
-                recon = est.reconstruct(
-                    masked, ctx.mask, num_low_frequencies=ctx.num_low_frequencies
-                )
-            arrays[f"case{i}_model{j}"] = recon[0].float().cpu().numpy().astype(np.float16)
+                samples = _samples(est, ctx, masked)
+            arrays[f"case{i}_model{j}"] = _half(samples.mean(0)[0])
+            if samples.shape[0] > 1:  # a stochastic model: its mean, and one sample beside it
+                arrays[f"case{i}_model{j}_sample"] = _half(samples[0, 0])
     return arrays
+
+
+def _half(image: torch.Tensor) -> np.ndarray:
+    return image.float().cpu().numpy().astype(np.float16)
+
+
+def _samples(est, ctx, masked: torch.Tensor) -> torch.Tensor:
+    """The model's reconstructions of ``masked`` under the audit's keyed noise, ``(S, B, h, w)``
+    (one for a deterministic model): the panels show what the records measured."""
+    from mri_audit.models.sampling import item_keys
+
+    def run() -> torch.Tensor:
+        return est.reconstruct(masked, ctx.mask, num_low_frequencies=ctx.num_low_frequencies)
+
+    if est.call.plain:
+        return run().float().unsqueeze(0)
+    keys = item_keys(ctx.volume_keys, ctx.slices)
+    outs = []
+    for sample in range(max(1, int(est.samples))):
+        with est.call.noise(keys, sample=sample):
+            outs.append(run().float())
+    return torch.stack(outs)

@@ -172,6 +172,9 @@ def execute(opts: dict, command_line: list[str]) -> None:
             mask_func=mask_func,
             need_gradient=False,
         )
+        from mri_audit.audit.run_setup import apply_samples
+
+        apply_samples(opened, opts["samples"])
         names = unique_names([o.estimator.name for o in opened])
         batch_size = opts["batch_size"]
         if batch_size is None:

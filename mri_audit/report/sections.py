@@ -225,6 +225,10 @@ def worst_cases(audit: AuditInputs, names: list[str]) -> list[dict]:
             titles = [f"zero-filled input\nr₀ = {caption['r0']}", "ground truth\n+ feature"]
             for name in names:
                 titles.append(_label(name, *labels[name]) if name in labels else name)
+            for j, name in enumerate(names):  # a stochastic model: one sample beside its mean
+                if f"case{i}_model{j}_sample" in images:
+                    keys.append(f"case{i}_model{j}_sample")
+                    titles.append(f"{name}\none sample (the panel before: the mean)")
             figure = figures.worst_case_panel(
                 [(t, images[k]) for t, k in zip(titles, keys, strict=True)],
                 rows=feature["rows"],

@@ -45,6 +45,15 @@ __all__ = ["CHECK", "COMMANDS", "HARDEN", "MAP", "REPORT", "RUN"]
 _MASK = (ACCEL, CENTER_FRACTION, MASK)
 _DATA = (DATA, MAX_VOLUMES, MAX_SLICES)
 
+SAMPLES = Setting(
+    "samples",
+    "int",
+    low=1,
+    help="Reconstructions averaged per input for a stochastic model (the dry run tells which "
+    "are): r is their mean, with its standard error [default: 8 for a stochastic model, 1 "
+    "otherwise].",
+)
+
 RUN: tuple[Setting, ...] = (
     *MODEL_SETTINGS,
     *_MASK,
@@ -139,14 +148,7 @@ RUN: tuple[Setting, ...] = (
     ),
     WINDOW,
     INSERT,
-    Setting(
-        "samples",
-        "int",
-        low=1,
-        help="Reconstructions averaged per input for a stochastic model (the dry run tells "
-        "which are): r is their mean, with its standard error [default: 8 for a stochastic "
-        "model, 1 otherwise].",
-    ),
+    SAMPLES,
     Setting(
         "attack_params",
         "text",
@@ -266,6 +268,11 @@ MAP: tuple[Setting, ...] = (
     ),
     replace(WINDOW, help="Centred window (fraction of each side) features are placed in."),
     INSERT,
+    replace(
+        SAMPLES,
+        help="Reconstructions averaged per feature for a stochastic model [default: "
+        "8 for a stochastic model, 1 otherwise].",
+    ),
     replace(
         BATCH, help="Features per model batch (auto: as `run`). The map does not depend on it."
     ),
