@@ -50,7 +50,10 @@ def _check(name: str) -> Outcome:
 def _stochastic(tmp_path):
     out = _check("Noisy")
     assert out.status == 0 and "behaviour   stochastic (8 samples)" in out.output
-    return [Outcome(None, out.output)]
+    args = ["--max-volumes", "1", "--max-slices", "1", "--attacks", "fnaf-rs", "--candidates"]
+    run = cli_outcome("run", "--model", "net.py:Noisy", *args, "1", "--out", "out")
+    assert run.status == 0, run.output
+    return [Outcome(None, out.output), Outcome(None, run.output)]
 
 
 @scenario("a batch-coupled model (batch statistics)")

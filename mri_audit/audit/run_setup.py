@@ -127,16 +127,21 @@ def apply_samples(opened: Sequence, samples: int | None) -> None:
         UsageError: ``--samples`` other than 1 when the dry run found every model deterministic.
     """
     stochastic = [o.estimator for o in opened if o.estimator.call.stochastic]
-    if samples is None:
-        return
-    if not stochastic and samples != 1:
+    if samples is not None and not stochastic and samples != 1:
         names = ", ".join(o.estimator.name for o in opened)
         raise UsageError(
             f"--samples applies to stochastic models, but the dry run found every model "
             f"deterministic ({names}), so it would be ignored; remove it"
         )
     for est in stochastic:
-        est.samples = int(samples)
+        if samples is not None:
+            est.samples = int(samples)
+        logger.warning(
+            "%s: r is the mean of %d samples per input, with its standard error (--samples%s)",
+            est.name,
+            est.samples,
+            "" if samples is not None else ", default 8",
+        )
 
 
 def check_precision(precision: str, device) -> None:

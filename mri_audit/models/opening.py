@@ -143,12 +143,10 @@ def report_behaviour(estimator: Reconstructor) -> None:
     if b.stochastic:
         logger.warning(
             "%s is stochastic (two runs of one input differ by %.1e of the output's range): every "
-            "forward runs under noise keyed by (seed, volume, slice, sample)%s, %d samples per "
-            "input (--samples)",
+            "forward runs under noise keyed by (seed, volume, slice, sample)%s",
             estimator.name,
             b.stochastic_gap,
             "" if b.generator else ", one item at a time (its forward takes no generator=)",
-            estimator.samples,
         )
 
 
