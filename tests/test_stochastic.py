@@ -278,3 +278,30 @@ def test_report_and_files_of_a_stochastic_audit(models, tmp_path):
     images = np.load(out / "audit_images.npz")
     assert "case0_model0" in images and "case0_model0_sample" in images
     assert not np.array_equal(images["case0_model0"], images["case0_model0_sample"])
+
+
+def test_deterministic_records_are_those_from_before():
+    """The example U-Net and VarNet audit exactly as they did before keyed noise and samples
+    (records made by the code of commit 19150d0, kept in tests/fixtures): same picks and hits,
+    and the same numbers (to float rounding across machines)."""
+    import json
+
+    fixture = json.loads(
+        (ROOT / "tests" / "fixtures" / "deterministic_records_before_issue25.json").read_text()
+    )
+    records = mri_audit.audit(
+        f"{EX}/unet.py:UNet",
+        weights=f"{EX}/weights/unet_4x.pt",
+        compare=[(f"{EX}/varnet.py:VarNet", f"{EX}/weights/varnet_4x.pt")],
+        max_volumes=1,
+        max_slices=1,
+        attacks=("fnaf-rs", "fnaf-pgd"),
+        candidates=3,
+        attack_options={"fnaf-pgd": {"steps": 2}},
+    ).records
+    now = records[fixture["columns"]].values.tolist()
+    assert len(now) == len(fixture["records"]) == 4
+    for got, want in zip(now, fixture["records"], strict=True):
+        assert got[:7] == want[:7]  # model, attack, volume, slice, hit, row, col
+        assert got[7:] == pytest.approx(want[7:], rel=1e-5, abs=1e-7)
+    assert "samples" not in records.columns  # a deterministic model's records are as they were
