@@ -114,6 +114,7 @@ class FnafEngine:
         self._clean: tuple[torch.Tensor, torch.Tensor] | None = None
         self._memo: tuple[torch.Tensor, dict] | None = None
         self.stream = 0
+        self._confirm: FnafEngine | None = None
         """The noise stream of a stochastic model's samples (the confirmation re-scores on
         :data:`~mri_audit.models.sampling.CONFIRM_STREAM`, fresh seeds)."""
 
@@ -137,9 +138,12 @@ class FnafEngine:
         selected candidates are re-scored with it: no winner's curse)."""
         from mri_audit.models.sampling import CONFIRM_STREAM
 
-        engine = FnafEngine(self.estimator, batch_size=self.batch_size)
-        engine.stream = CONFIRM_STREAM
-        return engine
+        # One per engine: its clean reconstructions (cached per slice batch) serve every attack.
+        if self._confirm is None:
+            self._confirm = FnafEngine(self.estimator, batch_size=self.batch_size)
+            self._confirm.stream = CONFIRM_STREAM
+        self._confirm.batch_size = self.batch_size
+        return self._confirm
 
     def _samples(self, ctx: SliceContext, si: torch.Tensor, run) -> torch.Tensor:
         """``run()`` once per sample, each under the items' noise keys (one sample, no keys,
