@@ -4,23 +4,26 @@ The model draws a sample from (an approximation of) the posterior of the image g
 acquired k-space lines, so two calls on the same input give different reconstructions; it
 declares ``mri_audit_stochastic = True`` and takes per-item generators (DESIGN §3).
 
-**The prior** is a denoiser ``D(x, sigma)`` of complex images (real and imaginary channels)
-trained by denoising score matching: ``x0 + sigma * n`` with white Gaussian ``n`` and ``sigma``
-log-uniform over ``[sigma_lo, sigma_hi]``, EDM's preconditioning (Karras et al. 2022:
-``D = c_skip x + c_out F(c_in x, log sigma)``) and its loss weighting (a unit-variance
-regression target for the network ``F``). ``F`` is a 3-level residual U-Net without
-normalisation layers; it works on a 2x space-to-depth view of the image (``pixel_unshuffle``)
-so its first level already runs at half resolution, with the noise level as an extra input
-channel. Its score is ``(D(x, sigma) - x) / sigma**2``.
+**The denoiser** ``D(x, sigma | a)`` estimates the clean complex image (real and imaginary
+channels) from a noisy one, conditioned on the zero-filled image ``a`` of the measurement
+(a conditional score model, as in conditional DDPM / SR3-style reconstruction; its score is
+``(D - x) / sigma**2``). It is trained by denoising score matching: ``x0 + sigma * n`` with
+white Gaussian ``n``, ``sigma`` log-uniform over ``[sigma_lo, sigma_hi]``, EDM's
+preconditioning (Karras et al. 2022: ``D = c_skip x + c_out F(c_in x, a, log sigma)``) and its
+loss weighting (a unit-variance regression target for the network ``F``), on random
+full-width strips of the training phantoms under random column masks. ``F`` is a 3-level
+residual U-Net without normalisation layers (so no batch or instance statistics); it works on
+a 2x space-to-depth view (``pixel_unshuffle``) of ``[x, a]``, so its first level already runs
+at half resolution, with the noise level as an extra input channel.
 
 **The sampler** (``steps`` denoiser calls; a DDIM / DDNM-style loop with hard data
 consistency, started from the zero-filled image as in "come-closer-diffuse-faster"):
 
 1. normalise: the coil-combined image is divided by the RMS of its low-resolution
    (autocalibration, ACS) part, so the denoiser always sees images of RMS about 1;
-2. ``x = zero-filled + sigma_max * z``;
+2. ``x = a + sigma_max * z`` (``a``: the normalised zero-filled image);
 3. for each ``sigma_i`` of a Karras schedule from ``sigma_max`` down to ``sigma_min``:
-   ``x0 = DC(D(x, sigma_i))`` — the denoised image with its acquired k-space lines replaced by
+   ``x0 = DC(D(x, sigma_i | a))`` — the denoised image with its acquired k-space lines replaced by
    the measurement — then, unless it is the last step, re-noise to the next level,
    ``x = x0 + sigma_{i+1} * (sqrt(1 - eta^2) * eps_hat + eta * z)`` with
    ``eps_hat = (x - x0) / sigma_i`` (DDIM's deterministic part) and fresh noise ``z``;
@@ -106,19 +109,21 @@ class _ResBlock(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """The raw network ``F``: a residual U-Net on a 2x space-to-depth view of the image.
+    """The raw network ``F``: a residual U-Net on a 2x space-to-depth view of the noisy image,
+    the zero-filled image it is conditioned on, and the noise level.
 
     Args:
         chans: widths of the three levels (half, quarter and eighth resolution).
 
     Shape:
-        forward: ``x (N, 2, H, W)`` (H, W even), ``c_noise (N,)``; returns ``(N, 2, H, W)``.
+        forward: ``x (N, 2, H, W)``, ``cond (N, 2, H, W)`` (H, W multiples of 4),
+        ``c_noise (N,)``; returns ``(N, 2, H, W)``.
     """
 
     def __init__(self, chans: Sequence[int] = (32, 48, 64)) -> None:
         super().__init__()
         c1, c2, c3 = chans
-        self.stem = nn.Conv2d(2 * 4 + 1, c1, 3, padding=1)
+        self.stem = nn.Conv2d(2 * 2 * 4 + 1, c1, 3, padding=1)
         self.enc1 = _ResBlock(c1, c1)
         self.enc2 = _ResBlock(c1, c2)
         self.mid = _ResBlock(c2, c3)
@@ -130,8 +135,8 @@ class Denoiser(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        h = F.pixel_unshuffle(x, 2)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        h = F.pixel_unshuffle(torch.cat([x, cond], dim=1), 2)
         level = c_noise.to(h.dtype)[:, None, None, None].expand(-1, 1, *h.shape[-2:])
         h = self.stem(torch.cat([h, level], dim=1))
         s1 = self.enc1(h)
@@ -156,7 +161,11 @@ class Diffusion(nn.Module):
         eta: fraction of fresh noise at each re-noising (``0 < eta <= 1``; 1 = a fresh draw).
         chans: the denoiser's level widths.
         sigma_data: the EDM preconditioning's data scale (images are normalised to RMS ~1).
+        sigma_cond: the preconditioning's error scale of the zero-filled image (same units).
         sigma_lo, sigma_hi: the training range of noise levels (log-uniform).
+        train_rows: height of the random full-width strips the denoiser is trained on (None:
+            whole images). The network is fully convolutional, so strips make training cheaper;
+            they keep the whole width, along which the column undersampling aliases.
 
     Shape:
         forward: ``masked_kspace (B, C, H, W, 2)`` (real view), ``mask (B, 1, 1, W, 1)`` bool;
@@ -170,13 +179,15 @@ class Diffusion(nn.Module):
         self,
         steps: int = 16,
         sigma_max: float = 1.0,
-        sigma_min: float = 0.01,
+        sigma_min: float = 0.02,
         rho: float = 7.0,
         eta: float = 1.0,
         chans: Sequence[int] = (32, 48, 64),
         sigma_data: float = 1.0,
-        sigma_lo: float = 0.005,
-        sigma_hi: float = 5.0,
+        sigma_cond: float = 0.15,
+        sigma_lo: float = 0.02,
+        sigma_hi: float = 2.0,
+        train_rows: int | None = 48,
     ) -> None:
         super().__init__()
         if steps < 1:
@@ -187,17 +198,22 @@ class Diffusion(nn.Module):
             raise ValueError(f"eta must be in (0, 1], got {eta}")
         self.steps, self.sigma_max, self.sigma_min = int(steps), float(sigma_max), float(sigma_min)
         self.rho, self.eta, self.sigma_data = float(rho), float(eta), float(sigma_data)
+        self.sigma_cond = float(sigma_cond)
         self.sigma_lo, self.sigma_hi = float(sigma_lo), float(sigma_hi)
+        self.train_rows = None if train_rows is None else int(train_rows)
         self.denoiser = Denoiser(tuple(chans))
 
     @property
     def training_objective(self) -> str:
         """What :meth:`training_loss` minimises (``examples/train.py`` writes it in the card)."""
         return (
-            "denoising score matching: EDM-preconditioned MSE (sigma_data "
-            f"{self.sigma_data:g}), sigma log-uniform in [{self.sigma_lo:g}, {self.sigma_hi:g}] "
-            "x the image RMS, on the fully-sampled coil-combined image normalised as the "
-            "sampler normalises"
+            "denoising score matching: EDM-style preconditioned MSE (sigma_data "
+            f"{self.sigma_data:g}, sigma_cond {self.sigma_cond:g}), sigma log-uniform in "
+            f"[{self.sigma_lo:g}, {self.sigma_hi:g}] "
+            "x the image RMS, on random "
+            + (f"{self.train_rows}-row full-width strips of " if self.train_rows else "")
+            + "the fully-sampled coil-combined image normalised as the sampler normalises, "
+            "conditioned on its zero-filled image (under the training run's random column masks)"
         )
 
     def describe_sampler(self) -> str:
@@ -209,21 +225,39 @@ class Diffusion(nn.Module):
         )
 
     # ------------------------------------------------------------------ the prior
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """EDM-preconditioned denoiser ``D(x, sigma)``: the estimate of the clean image.
+    def _precondition(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(c_skip, c_cond, c_out)``, each ``(N, 1, 1, 1)``: EDM's preconditioning with the
+        zero-filled image as a second noisy observation.
+
+        With a prior ``x0 ~ N(0, sigma_data^2)``, ``x = x0 + sigma n`` and ``a = x0 + e``
+        (``e`` of standard deviation ``sigma_cond``), the linear MMSE estimate of ``x0`` is
+        ``c_skip x + c_cond a`` with ``c_skip, c_cond`` proportional to ``1 / sigma^2`` and
+        ``1 / sigma_cond^2``, and its error has standard deviation ``c_out``; the network
+        predicts that error in units of ``c_out`` (a unit-variance target at every ``sigma``).
+        Without the condition (``sigma_cond`` -> inf) these are EDM's ``c_skip`` and ``c_out``.
+        """
+        s2 = sigma.square()[:, None, None, None]
+        p_data, p_cond = 1 / self.sigma_data**2, 1 / self.sigma_cond**2
+        total = p_data + p_cond + 1 / s2
+        return 1 / (s2 * total), p_cond / total, total.rsqrt()
+
+    def _raw(self, x: torch.Tensor, cond: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The network ``F(c_in x, cond, log sigma)`` on sizes padded to multiples of 4."""
+        sd = self.sigma_data
+        c_in = 1 / (sigma.square() + sd**2).sqrt()[:, None, None, None]
+        h, w = x.shape[-2:]
+        pad = [0, (-w) % 4, 0, (-h) % 4]
+        out = self.denoiser(F.pad(x * c_in, pad), F.pad(cond, pad), sigma.log() / 4)
+        return out[..., :h, :w]
+
+    def denoise(self, x: torch.Tensor, cond: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """EDM-preconditioned denoiser ``D(x, sigma | zero-filled)``: the clean image estimate.
 
         Shape:
-            x: ``(N, 2, H, W)`` (any H, W: padded to even sizes); sigma: ``(N,)``.
+            x, cond: ``(N, 2, H, W)`` (any H, W); sigma: ``(N,)``.
         """
-        sd = self.sigma_data
-        s = sigma[:, None, None, None]
-        c_in = 1 / (s.square() + sd**2).sqrt()
-        c_skip = sd**2 / (s.square() + sd**2)
-        c_out = s * sd / (s.square() + sd**2).sqrt()
-        h, w = x.shape[-2:]
-        xin = F.pad(x * c_in, [0, (-w) % 4, 0, (-h) % 4])
-        out = self.denoiser(xin, sigma.log() / 4)[..., :h, :w]
-        return c_skip * x + c_out * out
+        c_skip, c_cond, c_out = self._precondition(sigma)
+        return c_skip * x + c_cond * cond + c_out * self._raw(x, cond, sigma)
 
     # ------------------------------------------------------------------ the physics
     @staticmethod
@@ -272,9 +306,7 @@ class Diffusion(nn.Module):
         return [(a + i / (self.steps - 1) * (b - a)) ** self.rho for i in range(self.steps)]
 
     @staticmethod
-    def _noise(
-        like: torch.Tensor, generator: Sequence[torch.Generator] | None
-    ) -> torch.Tensor:
+    def _noise(like: torch.Tensor, generator: Sequence[torch.Generator] | None) -> torch.Tensor:
         """White noise of ``like``'s shape ``(B, 2, H, W)``; item ``i`` from ``generator[i]``."""
         if generator is None:
             return torch.randn(like.shape, device=like.device, dtype=like.dtype)
@@ -313,14 +345,14 @@ class Diffusion(nn.Module):
                 )
         y, cols, sens, scale = self._prepare(masked_kspace, mask, num_low_frequencies)
         zf = self._combine(y, sens)
-        x = torch.stack([zf.real, zf.imag], dim=1)
+        cond = torch.stack([zf.real, zf.imag], dim=1)
         sigmas = self.sigmas()
-        x = x + sigmas[0] * self._noise(x, generator)
+        x = cond + sigmas[0] * self._noise(cond, generator)
         keep = math.sqrt(1 - self.eta**2)
         k = y
         for i, sigma in enumerate(sigmas):
             level = torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype)
-            d = self.denoise(x, level)
+            d = self.denoise(x, cond, level)
             k = self._consistent(torch.complex(d[:, 0], d[:, 1]), y, cols, sens)
             if i + 1 == len(sigmas):
                 break
@@ -343,7 +375,9 @@ class Diffusion(nn.Module):
 
         The clean image is the coil-combined fully-sampled image, normalised exactly as the
         sampler normalises (sensitivities and scale from the masked k-space), so the prior is
-        learned in the sampler's units. ``sigma`` is log-uniform over ``[sigma_lo, sigma_hi]``.
+        learned in the sampler's units. ``sigma`` is log-uniform over ``[sigma_lo, sigma_hi]``;
+        the loss is computed on a random ``train_rows`` strip of each image (and of its
+        zero-filled image, the condition).
 
         Args:
             kspace: fully-sampled k-space, real view.
@@ -355,22 +389,23 @@ class Diffusion(nn.Module):
             kspace: ``(B, C, H, W, 2)``; mask: ``(B, 1, 1, W, 1)``; returns a scalar.
         """
         full = torch.view_as_complex(kspace.float().contiguous())
-        _, cols, sens, scale = self._prepare(kspace, mask, num_low_frequencies)
         # the scale and sensitivities use only the acquired (ACS) lines, as in forward
+        y, _, sens, scale = self._prepare(kspace, mask, num_low_frequencies)
         image = self._combine(full, sens) / scale[:, None, None]
+        zf = self._combine(y, sens)
         x0 = torch.stack([image.real, image.imag], dim=1)
+        cond = torch.stack([zf.real, zf.imag], dim=1)
         n = x0.shape[0]
+        rows = self.train_rows
+        if rows is not None and rows < x0.shape[-2]:
+            top = torch.randint(x0.shape[-2] - rows + 1, (n,), generator=generator).tolist()
+            x0 = torch.stack([x0[i, :, t : t + rows] for i, t in enumerate(top)])
+            cond = torch.stack([cond[i, :, t : t + rows] for i, t in enumerate(top)])
         u = torch.rand(n, generator=generator, device=x0.device)
         lo, hi = math.log(self.sigma_lo), math.log(self.sigma_hi)
         sigma = (lo + u * (hi - lo)).exp()
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         x = x0 + sigma[:, None, None, None] * noise
-        sd = self.sigma_data
-        s = sigma[:, None, None, None]
-        c_skip = sd**2 / (s.square() + sd**2)
-        c_out = s * sd / (s.square() + sd**2).sqrt()
-        c_in = 1 / (s.square() + sd**2).sqrt()
-        h, w = x.shape[-2:]
-        xin = F.pad(x * c_in, [0, (-w) % 4, 0, (-h) % 4])
-        out = self.denoiser(xin, sigma.log() / 4)[..., :h, :w]
-        return F.mse_loss(out, (x0 - c_skip * x) / c_out)
+        c_skip, c_cond, c_out = self._precondition(sigma)
+        target = (x0 - c_skip * x - c_cond * cond) / c_out
+        return F.mse_loss(self._raw(x, cond, sigma), target)

@@ -281,7 +281,7 @@ def time_per_slice(model: nn.Module, domain: str, *, accel: int, repeats: int = 
     recon = Reconstructor(wrapped, input_domain=domain, target_shape=tuple(sample.target.shape))
     m = make_mask_func(MASK_KIND, accel)(sample.kspace.shape[-1], seed=volume_seed(sample.volume))
     mask = mask_to_tensor(m.columns)
-    masked = (sample.kspace * mask)[None]
+    masked = sample.kspace[None] * mask
     times = []
     with recon.evaluation():
         for _ in range(repeats + 1):
@@ -472,6 +472,16 @@ def refresh_readme(folder: Path) -> Path:
     return readme
 
 
+def _stochastic_fields(model: nn.Module) -> dict[str, Any]:
+    describe = getattr(model, "describe_sampler", None)
+    return {
+        "stochastic": True,
+        "sampler": describe() if describe is not None else None,
+        "evaluation": "one sample per slice, drawn from a torch.Generator per slice seeded by "
+        "the volume name and slice index (examples/train.py: slice_generator)",
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -498,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.steps < 1 or args.batch_size < 1 or not args.lr > 0:
         parser.error("--steps, --batch-size and --lr must be positive")
     torch.set_num_threads(args.threads)
+    command = shlex.join(["python", "examples/train.py", *(sys.argv[1:] if argv is None else argv)])
 
     torch.manual_seed(args.seed)  # the initialisation
     model, spec, domain = build(args.model)
@@ -518,9 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = evaluate(model, domain, accel=args.accel)
     seconds_per_slice = time_per_slice(model, domain, accel=args.accel)
     stochastic = _is_stochastic(model)
-    describe = getattr(model, "describe_sampler", None)
 
-    command = shlex.join(["python", "examples/train.py", *(sys.argv[1:] if argv is None else argv)])
     card = {
         "weights": args.out.name,
         "model": spec,
@@ -560,12 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metrics": metrics,
     }
     if stochastic:
-        card["stochastic"] = True
-        card["sampler"] = describe() if describe is not None else None
-        card["evaluation"] = (
-            "one sample per slice, drawn from a torch.Generator per slice seeded by the "
-            "volume name and slice index (examples/train.py: slice_generator)"
-        )
+        card.update(_stochastic_fields(model))
     write_card(args.out, card)
     refresh_readme(args.out.parent)
     m, z = metrics["model"], metrics["zero_filled"]
