@@ -106,6 +106,22 @@ def found_in(example: str, output: str) -> bool:
     return True
 
 
+class SharedFiles:
+    """Files several rows share, made on first use (a module-scoped folder; copy, don't edit).
+
+    Subclasses add one method per file, each ``return self._once(name, make)``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._made: dict[str, Path] = {}
+
+    def _once(self, name: str, make) -> Path:
+        if name not in self._made:
+            self._made[name] = make(self.root / name)
+        return self._made[name]
+
+
 SCENARIOS: dict[str, Callable] = {}
 
 

@@ -19,7 +19,15 @@ import torch
 
 from mri_audit.data.checks import rss_target
 from mri_audit.data.phantoms import synth_dataset
-from tests.errors_doc import SCENARIOS, Outcome, cases, check_row, cli_outcome, scenario
+from tests.errors_doc import (
+    SCENARIOS,
+    Outcome,
+    SharedFiles,
+    cases,
+    check_row,
+    cli_outcome,
+    scenario,
+)
 
 NET = """
 import torch
@@ -80,17 +88,8 @@ def fastmri_file(path: str | Path = "x/a.h5", doctor=None, *, slices: int = 4, m
     return h5(path, kspace=kspace, reconstruction_esc=target, attrs=attrs, **datasets)
 
 
-class Assets:
+class Assets(SharedFiles):
     """What several rows share, made on first use in a module-scoped folder (copy, don't edit)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._made: dict[str, Path] = {}
-
-    def _once(self, name: str, make) -> Path:
-        if name not in self._made:
-            self._made[name] = make(self.root / name)
-        return self._made[name]
 
     def knee(self) -> Path:
         """Two slices of two-coil k-space 640x368 with a 320x320 ``reconstruction_rss``: fastMRI

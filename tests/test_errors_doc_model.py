@@ -20,7 +20,15 @@ import torch
 from torch import nn
 
 from mri_audit.errors import MriAuditError
-from tests.errors_doc import SCENARIOS, Outcome, cases, check_row, cli_outcome, scenario
+from tests.errors_doc import (
+    SCENARIOS,
+    Outcome,
+    SharedFiles,
+    cases,
+    check_row,
+    cli_outcome,
+    scenario,
+)
 
 TINY = ["--max-volumes", "1", "--max-slices", "1"]
 
@@ -93,17 +101,8 @@ def _lightning(module: nn.Module, path: Path, hparams: dict) -> Path:
     return path
 
 
-class Assets:
+class Assets(SharedFiles):
     """Files several rows share, made on first use (a module-scoped folder; copy, don't edit)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._made: dict[str, Path] = {}
-
-    def _once(self, name: str, make) -> Path:
-        if name not in self._made:
-            self._made[name] = make(self.root / name)
-        return self._made[name]
 
     def program(self) -> Path:
         """``m.pt2``: NET exported for one (1, 1, 64, 64) input (fixed batch size and size)."""

@@ -130,16 +130,11 @@ def _half(image: torch.Tensor) -> np.ndarray:
 def _samples(est, ctx, masked: torch.Tensor) -> torch.Tensor:
     """The model's reconstructions of ``masked`` under the audit's keyed noise, ``(S, B, h, w)``
     (one for a deterministic model): the panels show what the records measured."""
-    from mri_audit.models.sampling import item_keys
+    from mri_audit.models.sampling import reconstruct_samples
 
-    def run() -> torch.Tensor:
-        return est.reconstruct(masked, ctx.mask, num_low_frequencies=ctx.num_low_frequencies)
-
-    if est.call.plain:
-        return run().float().unsqueeze(0)
-    keys = item_keys(ctx.volume_keys, ctx.slices)
-    outs = []
-    for sample in range(max(1, int(est.samples))):
-        with est.call.noise(keys, sample=sample):
-            outs.append(run().float())
-    return torch.stack(outs)
+    return reconstruct_samples(
+        est,
+        ctx.volume_keys,
+        ctx.slices,
+        lambda: est.reconstruct(masked, ctx.mask, num_low_frequencies=ctx.num_low_frequencies),
+    )

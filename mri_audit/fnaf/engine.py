@@ -18,6 +18,7 @@ from mri_audit.errors import DeviceError
 from mri_audit.fnaf.criteria import REFERENCE_AREA
 from mri_audit.fnaf.features import FeatureBatch, SliceContext, insert, paint
 from mri_audit.models.estimator import Reconstructor
+from mri_audit.models.sampling import reconstruct_samples
 from mri_audit.mri.metrics import fnaf_region
 from mri_audit.mri.operator import SamplingOperator
 
@@ -152,17 +153,9 @@ class FnafEngine:
         Shape:
             returns ``(S, N, h, w)``.
         """
-        est = self.estimator
-        if est.call.plain:
-            return run().float().unsqueeze(0)
-        from mri_audit.models.sampling import item_keys
-
-        keys = item_keys(ctx.volume_keys[si], ctx.slices[si])
-        outs = []
-        for sample in range(max(1, int(est.samples))):
-            with est.call.noise(keys, sample=sample, stream=self.stream):
-                outs.append(run().float())
-        return torch.stack(outs)
+        return reconstruct_samples(
+            self.estimator, ctx.volume_keys[si], ctx.slices[si], run, stream=self.stream
+        )
 
     def memo(self, ctx: SliceContext) -> dict:
         """A per-context store for search results several attacks share (e.g. ``fnaf-pgd``

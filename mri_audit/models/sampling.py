@@ -29,7 +29,7 @@ import torch
 
 from mri_audit.rng import mix_seed
 
-__all__ = ["ModelCall", "accepts_generator", "item_keys", "CONFIRM_STREAM"]
+__all__ = ["ModelCall", "accepts_generator", "item_keys", "reconstruct_samples", "CONFIRM_STREAM"]
 
 CONFIRM_STREAM = 1
 """The noise stream of the confirmation re-score (fresh seeds, independent of the search's)."""
@@ -52,6 +52,31 @@ def item_keys(volume_keys: torch.Tensor, slices: torch.Tensor) -> list[int]:
     """
     pairs = zip(volume_keys.tolist(), slices.tolist(), strict=True)
     return [mix_seed(int(v), int(s)) for v, s in pairs]
+
+
+def reconstruct_samples(
+    estimator,
+    volume_keys: torch.Tensor,
+    slices: torch.Tensor,
+    run: Callable[[], torch.Tensor],
+    *,
+    stream: int = 0,
+) -> torch.Tensor:
+    """``run()`` (one reconstruction of a batch) once per sample of ``estimator``, each under the
+    items' noise keys; once, unkeyed, for a deterministic model.
+
+    Shape:
+        volume_keys, slices: ``(N,)``; returns ``(S, N, h, w)`` float.
+    """
+    call = estimator.call
+    if call.plain:
+        return run().float().unsqueeze(0)
+    keys = item_keys(volume_keys, slices)
+    outs = []
+    for sample in range(max(1, int(estimator.samples))):
+        with call.noise(keys, sample=sample, stream=stream):
+            outs.append(run().float())
+    return torch.stack(outs)
 
 
 @dataclass
