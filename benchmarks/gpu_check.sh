@@ -36,4 +36,7 @@ step fnaf-160 python3 benchmarks/bench_fnaf.py --chans 16 --size 160 --slices 16
     --device cuda --repeats 3 --json "$out/bench_fnaf_160.json"
 step scaling python3 benchmarks/bench_scaling.py --max-procs 1 --device cuda \
     --json "$out/bench_scaling.json"
+# verify --replay's tolerance: an audit on the GPU replayed on the GPU, the CPU, 1 thread, bf16.
+step replay-cpu-vs-gpu python3 benchmarks/calibrate_replay.py --audit-device cuda \
+    --volumes 2 --slices 2
 exit $status

@@ -85,6 +85,9 @@ def test_two_process_audit_equals_single_process(model, singlecoil_dir, tmp_path
     kinds = [x["kind"] for x in lines]
     assert kinds[0] == "header" and len(kinds) == 1 + 24 + 1 and kinds[-1] == "time"
     assert {x["audit"] for x in lines} == {lines[0]["audit"]} == {r2["audit"]}
+    # The merged journal is chained again: the distributed audit verifies as a whole.
+    verified = CliRunner().invoke(cli, ["verify", str(tmp_path / "two")])
+    assert verified.exit_code == 0 and verified.output.strip().endswith("VERIFIED"), verified.output
 
 
 def test_two_process_hardening(model, harden_dir, tmp_path):

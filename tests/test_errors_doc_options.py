@@ -25,6 +25,7 @@ from click.testing import CliRunner
 
 from mri_audit.cli import cli
 from tests.errors_doc import SCENARIOS, Outcome, cases, check_row, scenario
+from tests.journal_util import rechain
 
 NET = textwrap.dedent("""
     import torch
@@ -89,6 +90,15 @@ def invoke(args: list[str]) -> Outcome:
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, dirs_exist_ok=True)
     return dst
+
+
+def _rehead(out: Path) -> None:
+    """Record the (re-linked) journal's head in ``out/results.json``, as a forger would."""
+    from mri_audit.evidence.manifest import chain_of
+
+    results = json.loads((out / "results.json").read_text())
+    results["chain"] = {**results["chain"], **chain_of(out / "records.jsonl")}
+    (out / "results.json").write_text(json.dumps(results))
 
 
 class _Logged(logging.Handler):
@@ -220,9 +230,12 @@ def _resume_threat_model_1(tmp_path):
             del line["code"]
             for key in ("criterion", "margin", "min_recovery"):
                 del line["config"][key]
-    (out / "records.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    # Re-linked as a forger would (version 1 journals had no hash chain, which is refused
+    # first: `has no hash-chain link`), so the check behind the chain answers.
+    (out / "records.jsonl").write_text(rechain([json.dumps(line) + "\n" for line in lines]))
     results = json.loads((out / "results.json").read_text())
-    del results["audit"]
+    for key in ("audit", "chain", "manifest"):  # version 1 recorded no fingerprint nor head
+        del results[key]
     (out / "results.json").write_text(json.dumps(results))
     before = (out / "records.jsonl").read_text()
     version_1 = invoke([*AUDIT, "--resume"])
@@ -520,7 +533,10 @@ def _report_criterion_lacking(tmp_path):
     lines = [json.loads(line) for line in journal.read_text().splitlines()]
     for r in lines:  # records of an older mri-audit, that selected for its criterion only
         (r.get("criteria") or {}).pop("paper", None)
-    journal.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    # Re-linked, and results.json's chain head with it, as a forger would: the check behind
+    # the chain answers.
+    journal.write_text(rechain([json.dumps(r) + "\n" for r in lines]))
+    _rehead(tmp_path / "out")
     refused = invoke(["report", "out", "--criterion", "paper"])
     assert not (tmp_path / "out" / "results.paper.json").exists()
     return [refused]

@@ -26,6 +26,7 @@ import mri_audit
 from mri_audit.cli import cli
 from mri_audit.files import to_jsonable
 from tests.errors_doc import SCENARIOS, Outcome, cases, check_row, scenario
+from tests.journal_util import rechain
 
 # An image-domain model that also runs as a k-space model (``--input kspace``), so a resume
 # with the other domain gets as far as the identity check; it imports a sibling module.
@@ -149,9 +150,13 @@ def _records(lines: list[str]) -> list[int]:
     return [i for i, x in enumerate(lines) if json.loads(x)["kind"] not in ("header", "time")]
 
 
-def _resume_with_journal(env: Env, lines: list[str]) -> Outcome:
+def _resume_with_journal(env: Env, lines: list[str], *, results: bool = True) -> Outcome:
+    """``--resume`` of the finished audit with its journal replaced by ``lines`` (and without
+    its ``results.json``, which holds the journal's chain head, unless ``results``)."""
     out = _copy(env)
     (out / "records.jsonl").write_text("".join(lines))
+    if not results:
+        (out / "results.json").unlink()  # a crash before the results were written
     return _outcome(_run(env.data, "--resume"))
 
 
@@ -280,31 +285,100 @@ def _resume_without_fingerprint(env: Env):
     lines = [json.loads(x) for x in _journal(env.base / "out")]
     for x in lines:
         x.pop("audit")
-    return [_resume_with_journal(env, [json.dumps(x) + "\n" for x in lines])]
+    # Re-linked as a forger would (an older mri-audit's journal has no hash chain, refused
+    # first: see "journal line without a hash-chain link"); its results.json had no head.
+    journal = rechain([json.dumps(x) + "\n" for x in lines])
+    return [_resume_with_journal(env, [journal], results=False)]
 
 
 # ------------------------------------------------------------------------------ resume: journal
 
 
-@scenario("journal line repeated")
+def _resume_each(env: Env, journals: list[list[str]]) -> list[Outcome]:
+    """``--resume`` with each journal in turn (each time on a fresh copy of the audit)."""
+    outcomes = []
+    for journal in journals:
+        shutil.rmtree(env.tmp / "x", ignore_errors=True)
+        shutil.rmtree(env.tmp / "out", ignore_errors=True)
+        outcomes.append(_resume_with_journal(env, journal))
+    return outcomes
+
+
+@scenario("journal line edited (its hash chain broken)")
+def _journal_line_edited(env: Env):
+    lines = _journal(env.base / "out")
+    assert len(lines) == 3  # the header, the slice's record, the run's time line
+    edited = [json.loads(x) for x in lines]
+    edited[1]["r"] = 0.01  # one number of a record, its link fields kept (a hand edit)
+    edited[2]["elapsed"] = 1.0  # the last line, which no later line links to
+    first = [lines[0], json.dumps(edited[1], sort_keys=True) + "\n", lines[2]]
+    last = [*lines[:2], json.dumps(edited[2], sort_keys=True) + "\n"]
+    return _resume_each(env, [first, last])
+
+
+@scenario("journal line dropped")
+def _journal_line_dropped(env: Env):
+    lines = _journal(env.base / "out")
+    return _resume_each(env, [[lines[0], lines[2]]])
+
+
+@scenario("journal line duplicated, or lines reordered")
+def _journal_line_duplicated(env: Env):
+    lines = _journal(env.base / "out")
+    assert _records(lines) == [1]
+    return _resume_each(env, [[*lines, lines[1]], [lines[0], lines[2], lines[1]]])
+
+
+@scenario(
+    "journal line without a hash-chain link (added by hand, or written by an mri-audit before chained journals)"  # noqa: E501
+)
+def _journal_line_unlinked(env: Env):
+    lines = _journal(env.base / "out")
+    unlinked = {k: v for k, v in json.loads(lines[1]).items() if k not in ("seq", "prev")}
+    return _resume_each(
+        env, [[*lines, json.dumps(unlinked) + "\n"], [*lines[:2], "{}\n", *lines[2:]]]
+    )
+
+
+@scenario("journal cut short of the head results.json recorded (`--resume`)")
+def _journal_cut_short(env: Env):
+    lines = _journal(env.base / "out")
+    return [_resume_with_journal(env, lines[:2])]  # whole lines: not a torn last line
+
+
+@scenario("journal lines after the head results.json recorded (`report --criterion`)")
+def _journal_lines_after_head(env: Env):
+    out = _copy(env)
+    lines = _journal(out)
+    audit = json.loads(lines[0])["audit"]
+    later = {"kind": "time", "audit": audit, "segment": 9, "elapsed": 1.0}
+    (out / "records.jsonl").write_text(rechain([*lines, json.dumps(later) + "\n"]))  # linked
+    return [_outcome(_cli(["report", "out", "--criterion", "paper"]))]
+
+
+# The checks behind the chain: each journal below is re-linked as a forger would (rechain), so
+# that the chain holds and the record's own check answers.
+
+
+@scenario("journal record repeated (its chain re-linked)")
 def _journal_line_repeated(env: Env):
     lines = _journal(env.base / "out")
     assert _records(lines) == [1]
-    return [_resume_with_journal(env, [*lines, lines[1]])]
+    return [_resume_with_journal(env, [rechain([*lines, lines[1]])])]
 
 
 @scenario("journal line from another audit (another seed, model, data, ...)")
 def _journal_line_of_another_audit(env: Env):
     lines = _journal(env.base / "out")
     foreign = (env.base / "other.jsonl").read_text()  # the same slice, audited with seed 7
-    return [_resume_with_journal(env, [*lines[:2], foreign, *lines[2:]])]
+    return [_resume_with_journal(env, [rechain([*lines[:2], foreign, *lines[2:]])])]
 
 
 @scenario("journal record of a model or attack the audit does not have")
 def _journal_record_of_another_model(env: Env):
     lines = _journal(env.base / "out")
     forged = {**json.loads(lines[1]), "model": "intruder.py:Net"}
-    return [_resume_with_journal(env, [*lines, json.dumps(forged) + "\n"])]
+    return [_resume_with_journal(env, [rechain([*lines, json.dumps(forged) + "\n"])])]
 
 
 @scenario("journal line torn in the middle, `{}`, `42`, a second header, no header first")
@@ -317,19 +391,14 @@ def _journal_line_broken(env: Env):
         [*lines, lines[0]],
         lines[1:],
     ]
-    outcomes = []
-    for journal in journals:
-        shutil.rmtree(env.tmp / "x", ignore_errors=True)
-        shutil.rmtree(env.tmp / "out", ignore_errors=True)
-        outcomes.append(_resume_with_journal(env, journal))
-    return outcomes
+    return _resume_each(env, [[rechain(journal)] for journal in journals])
 
 
 @scenario("journal record of a slice not in the data")
 def _journal_record_of_another_slice(env: Env):
     lines = _journal(env.base / "out")
     stray = {**json.loads(lines[1]), "volume": "vol", "slice": 9}
-    return [_resume_with_journal(env, [*lines, json.dumps(stray) + "\n"])]
+    return [_resume_with_journal(env, [rechain([*lines, json.dumps(stray) + "\n"])])]
 
 
 @scenario("torn last journal line (a crash mid-write)")
@@ -433,7 +502,7 @@ def _elapsed_after_resume(env: Env):
     audit = json.loads(lines[0])["audit"]
     earlier = {"kind": "time", "audit": audit, "segment": 0, "elapsed": 1000.0}
     # An earlier segment that worked 1000 s and was stopped before its batch was kept.
-    (out / "records.jsonl").write_text(lines[0] + json.dumps(earlier) + "\n")
+    (out / "records.jsonl").write_text(rechain([lines[0], json.dumps(earlier) + "\n"]))
     (out / "results.json").unlink()
     _ok(_run(env.data, "--resume"))
     results = (out / "results.json").read_text()

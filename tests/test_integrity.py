@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from mri_audit.cli import cli
+from tests.journal_util import line_hash, rechain
 
 NET = """
 import torch
@@ -55,7 +56,8 @@ class Net(torch.nn.Module):
         return image * self.w
 """
 
-VOLATILE = ("created", "elapsed_seconds", "command_line")
+# The chain head hashes the journal's time lines; the report shows the head.
+VOLATILE = ("created", "elapsed_seconds", "command_line", "chain", "manifest")
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +148,15 @@ def test_duplicated_line_is_refused_with_its_number(finished, tmp_path, singleco
     lines = _journal(out)
     (out / "records.jsonl").write_text("".join([*lines, lines[1]]))
     line = _one_line_error(_run(singlecoil_dir, models, out, "--resume", code=4))
-    assert (
-        f"records.jsonl line {len(lines) + 1}: repeats the record of records.jsonl line 2" in line
-    )
+    n = len(lines) + 1
+    assert f"records.jsonl line {n}: has sequence number 2, expected {n}: a line was dup" in line
     assert "--force" in line
+    # A forger who re-links the chain (and removes results.json, which holds its head) meets
+    # the check behind it.
+    (out / "records.jsonl").write_text(rechain([*lines, lines[1]]))
+    (out / "results.json").unlink()
+    line = _one_line_error(_run(singlecoil_dir, models, out, "--resume", code=4))
+    assert f"records.jsonl line {n}: repeats the record of records.jsonl line 2" in line
 
 
 def test_line_of_another_audit_is_refused(finished, tmp_path, singlecoil_dir, models):
@@ -158,8 +165,12 @@ def test_line_of_another_audit_is_refused(finished, tmp_path, singlecoil_dir, mo
     foreign = _journal(finished / "seed7")[1]
     (out / "records.jsonl").write_text("".join([*lines[:2], foreign, *lines[3:]]))
     line = _one_line_error(_run(singlecoil_dir, models, out, "--resume", code=4))
-    assert "line 3: belongs to another audit" in line
+    assert "line 3: has sequence number 2, expected 3" in line
     # The re-read of a finished audit refuses it too, with the same line number.
+    result = CliRunner().invoke(cli, ["report", str(out), "--margin", "0.2"])
+    assert result.exit_code == 4 and "line 3: has sequence number 2, expected 3" in result.output
+    # Re-linked by a forger: the line still belongs to another audit.
+    (out / "records.jsonl").write_text(rechain([*lines[:2], foreign, *lines[3:]]))
     result = CliRunner().invoke(cli, ["report", str(out), "--margin", "0.2"])
     assert result.exit_code == 4 and "line 3: belongs to another audit" in result.output
 
@@ -169,7 +180,7 @@ def test_forged_record_of_another_model_is_refused(finished, tmp_path, singlecoi
     lines = _journal(out)
     rec = json.loads(lines[1])
     rec["model"] = "intruder.py:Net"
-    (out / "records.jsonl").write_text("".join([*lines, json.dumps(rec) + "\n"]))
+    (out / "records.jsonl").write_text(rechain([*lines, json.dumps(rec) + "\n"]))
     line = _one_line_error(_run(singlecoil_dir, models, out, "--resume", code=4))
     assert "a record of model 'intruder.py:Net', not in this audit" in line
 
@@ -177,7 +188,7 @@ def test_forged_record_of_another_model_is_refused(finished, tmp_path, singlecoi
 @pytest.mark.parametrize(
     "bad, phrase",
     [
-        ("{}\n", "belongs to another audit"),
+        ("{}\n", "has no hash-chain link (seq, prev)"),
         ("42\n", "is not a JSON object (int)"),
         ('{"kind": "fnaf", "mod\n', "is not valid JSON"),
     ],
@@ -229,6 +240,8 @@ def test_doctored_journals_are_refused_or_resume_identically(
         out = tmp_path / f"t{trial}"
         shutil.copytree(finished / "audit", out)
         (out / "records.jsonl").write_text("".join(lines))
+        # Without results.json (and its chain head) a cut end is a crash's torn line, resumed.
+        (out / "results.json").unlink()
         result = _run(singlecoil_dir, models, out, "--resume", code=None)
         if result.exit_code == 0:
             results, records = _stable(out)
@@ -327,7 +340,8 @@ def test_elapsed_time_sums_every_segment(finished, tmp_path, singlecoil_dir, mod
     audit = json.loads(lines[0])["audit"]
     keep = [x for x in lines if json.loads(x)["kind"] != "time"]
     earlier = {"kind": "time", "audit": audit, "segment": 0, "elapsed": 1000.0}
-    (out / "records.jsonl").write_text("".join([*keep[:-1], json.dumps(earlier) + "\n"]))
+    (out / "records.jsonl").write_text(rechain([*keep[:-1], json.dumps(earlier) + "\n"]))
+    (out / "results.json").unlink()  # it holds the head of the journal before the edit
     _run(singlecoil_dir, models, out, "--resume")
     assert json.loads((out / "results.json").read_text())["elapsed_seconds"] > 1000.0
 
@@ -445,7 +459,8 @@ def test_resume_of_an_audit_without_fingerprint_is_refused(
     lines = [json.loads(x) for x in _journal(out)]
     for x in lines:
         x.pop("audit")
-    (out / "records.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (out / "records.jsonl").write_text(rechain([json.dumps(x) + "\n" for x in lines]))
+    (out / "results.json").unlink()
     line = _one_line_error(_run(singlecoil_dir, models, out, "--resume", code=2))
     assert "made by an older mri-audit, without an audit fingerprint; use --force" in line
 
@@ -466,6 +481,7 @@ def test_a_last_line_without_its_newline_is_mended(finished, tmp_path, singlecoi
     # Drop the last batch, then cut only the newline of what is now the last line.
     keep = "".join(lines[: len(lines) // 2])
     journal.write_text(keep[:-1])
+    (out / "results.json").unlink()  # a crash: no results were written yet
     _run(singlecoil_dir, models, out, "--resume")
     assert _same(out, finished / "audit")
     read_journal(journal)  # every line whole: a later resume reads it
@@ -489,8 +505,9 @@ def test_shards_of_an_unfinished_distributed_run_are_merged(
     lines = _journal(out)
     records = [x for x in lines[1:] if json.loads(x)["kind"] != "time"]
     moved, kept = records[-2:], [x for x in lines if x not in records[-2:]]
-    (out / "records.jsonl").write_text("".join(kept))
-    (out / "records.rank1.jsonl").write_text("".join(moved) + records[0])  # and one copy
+    (out / "records.jsonl").write_text(rechain(kept))
+    shard = rechain([*moved, records[0]], anchor=line_hash(lines[0].encode()))  # and one copy
+    (out / "records.rank1.jsonl").write_text(shard)
     (out / "results.json").unlink()
     _run(singlecoil_dir, models, out, "--resume")
     assert not list(out.glob("records.rank*.jsonl"))

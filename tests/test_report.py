@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from mri_audit.cli.report_cmd import report
 from mri_audit.errors import DataError
 from mri_audit.report.html import render_report
+from tests.journal_util import rechain
 from tests.report_fixture import FNAF_ATTACKS, build_audit_folder
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -574,7 +575,8 @@ def test_reread_criterion_the_records_lack(tmp_path):
     lines = [json.loads(line) for line in journal.read_text().splitlines()]
     for r in lines:
         (r.get("criteria") or {}).pop("paper", None)
-    journal.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    # Re-linked as a forger would: the check behind the hash chain answers.
+    journal.write_text(rechain([json.dumps(r) + "\n" for r in lines]))
     result = CliRunner().invoke(report, [str(results), "--criterion", "paper"])
     _one_error(result, 2, "hold no 'paper' selection")
     assert not (tmp_path / "results.paper.json").exists()
@@ -586,6 +588,7 @@ def test_reread_criterion_the_records_lack(tmp_path):
         ("missing", "records.jsonl was not found"),
         ("corrupt", "records.jsonl line 3: is not valid JSON (a torn or edited line)"),
         ("foreign", "belongs to another audit than results.json (configuration differs in seed)"),
+        ("edited", "records.jsonl line 3: does not link to the line before it: line 2 was edited"),
     ],
 )
 def test_reread_journal_missing_or_corrupt(tmp_path, damage, message):
@@ -596,6 +599,10 @@ def test_reread_journal_missing_or_corrupt(tmp_path, damage, message):
     elif damage == "foreign":
         lines = [json.loads(line) for line in journal.read_text().splitlines()]
         lines[0]["config"]["seed"] = 7
+        journal.write_text(rechain([json.dumps(r) + "\n" for r in lines]))  # re-linked
+    elif damage == "edited":  # one number of line 2 edited by hand, its link kept
+        lines = [json.loads(line) for line in journal.read_text().splitlines()]
+        lines[1]["r"] = 0.5
         journal.write_text("".join(json.dumps(r) + "\n" for r in lines))
     else:
         lines = journal.read_text().splitlines()

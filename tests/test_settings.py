@@ -36,6 +36,8 @@ NOT_APPLICABLE = {
     ("map", "line_width"): ({"shapes": "walk,disk"}, 2.0),
     ("harden", "margin"): ({"criterion": "recovery"}, 0.2),
     ("harden", "report_out"): ({"no_report": True}, "after"),
+    ("verify", "nonce"): ({}, "abc"),
+    ("verify", "data"): ({}, "data/"),
 }
 
 
@@ -90,6 +92,9 @@ def _toml(value: object) -> str:
     return repr(value)
 
 
+REPLAY_OPTIONS = {("verify", n) for n in ("nonce", "models", "weights", "data")}
+
+
 def _cases() -> list:
     cases = []
     for command, settings in COMMANDS.items():
@@ -98,8 +103,13 @@ def _cases() -> list:
         for s in settings:
             if not s.cli:
                 continue
+            # verify's replay options apply with --replay only: their bad values are checked
+            # beside it.
+            needs = {"replay": 1} if (command, s.name) in REPLAY_OPTIONS else {}
             for fault, value in _bad_values(s):
-                cases.append(pytest.param(command, s, {}, value, id=f"{command}-{s.name}-{fault}"))
+                cases.append(
+                    pytest.param(command, s, needs, value, id=f"{command}-{s.name}-{fault}")
+                )
             if (command, s.name) in NOT_APPLICABLE:
                 others, value = NOT_APPLICABLE[command, s.name]
                 cases.append(
@@ -114,8 +124,8 @@ def _setting(command: str, name: str) -> Setting:
 
 def _base(command: str, tmp_path: Path) -> list[str]:
     """The least a command needs besides the setting under test."""
-    if command == "report":
-        return ["report", str(tmp_path / "audit")]
+    if command in ("report", "verify"):
+        return [command, str(tmp_path / "audit")]
     base = [command, "--model", MODEL]
     if command == "harden":
         base += ["--out", str(tmp_path / "robust.pt")]

@@ -104,6 +104,7 @@ def audit(
     out: str | Path | None = None,
     resume: bool = False,
     force: bool = False,
+    sign: str | Path | None = None,
     progress: bool = False,
     command_line: Sequence[str] | None = None,
     on_stage: Callable[[str], None] | None = None,
@@ -135,6 +136,8 @@ def audit(
         out: write the journal as the audit goes and every file at the end into this folder
             (None: a temporary journal; call :meth:`AuditResult.write` to keep the files).
         resume, force: continue the audit in ``out``, or replace it.
+        sign: an Ed25519 private key file (``mri-audit keygen``): sign the chain head and the
+            files' manifest into ``out/signature.json`` (needs the ``sign`` extra).
         progress: progress bars (or log lines without a terminal).
         command_line: recorded in ``results.json`` (default ``["mri_audit.audit"]``).
         on_stage: told what an interruption from now on leaves behind (the CLI prints it).
@@ -162,6 +165,10 @@ def audit(
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UsageError(f"two models are named {twice[0]!r}; give each model its own name")
+    if c["sign"] is not None:  # a bad key is refused before any work
+        from mri_audit.evidence.signing import load_private_key
+
+        load_private_key(Path(c["sign"]))
     settings = {k: c[k] for k in SETTINGS}
     settings["attack_options"] = {k: dict(v) for k, v in (attack_options or {}).items()}
     out, data, device = c["out"], c["data"], c["device"]
@@ -191,6 +198,7 @@ def audit(
                 write=not owned,
                 resume=c["resume"] and not owned,
                 force=c["force"] or owned,
+                sign=c["sign"],
                 progress=c["progress"],
                 command_line=list(command_line or ["mri_audit.audit"]),
                 on_stage=on_stage or (lambda saved: None),
@@ -225,6 +233,7 @@ def _audit(
     write,
     resume,
     force,
+    sign,
     progress,
     command_line,
     on_stage,
@@ -236,9 +245,10 @@ def _audit(
     import torch
 
     from mri_audit.audit.auditor import AuditConfig, AuditModel, Auditor
+    from mri_audit.audit.chain import GENESIS
     from mri_audit.audit.distributed import agree, broadcast, gather
     from mri_audit.audit.identity import audit_identity, fingerprint
-    from mri_audit.audit.journal import Journal
+    from mri_audit.audit.journal import Journal, header_anchor
     from mri_audit.audit.outdir import precheck_out
     from mri_audit.audit.result import summarize_audit
     from mri_audit.audit.run_setup import (
@@ -323,7 +333,11 @@ def _audit(
         config,
         attack_classes=attack_classes,
         journal=Journal(
-            out / journal_name, audit=header["audit"], segment=segment, started=started
+            out / journal_name,
+            audit=header["audit"],
+            segment=segment,
+            started=started,
+            anchor=header_anchor(out / "records.jsonl") if env.enabled else GENESIS,
         ),
         done=set(map(tuple, done_keys)),
         progress=progress,
@@ -384,6 +398,6 @@ def _audit(
             recovery_map=section,
         )
     if write:
-        result.write(out)
+        result.write(out, sign=sign)
     broadcast(env, result.results)
     return result

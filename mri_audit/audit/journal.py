@@ -6,10 +6,13 @@ slice)
 carrying the same fingerprint, or a ``time`` line (the seconds a run segment had worked when it
 wrote its last batch, so a resumed audit's elapsed time sums every segment).
 
-The journal is evidence, so it is never trusted blindly: :func:`read_journal` refuses a line
-that is not a JSON object, a record of another audit, a record repeated, a second header or a
-record of a model or attack the audit does not have, each with its line number. Only a torn
-*last* line (a write cut by a crash) is dropped, as the one thing an interruption can leave.
+The journal is evidence, so it is never trusted blindly: every line is linked into a hash
+chain (:mod:`mri_audit.audit.chain`: its sequence number and the SHA-256 of the line before), and
+:func:`read_journal` refuses a line that breaks the chain (edited, dropped, inserted,
+reordered), that is not a JSON object, a record of another audit, a record repeated, a second
+header or a record of a model or attack the audit does not have, each with its line number.
+Only a torn *last* line (a write cut by a crash) is dropped, as the one thing an interruption
+can leave.
 """
 
 from __future__ import annotations
@@ -22,11 +25,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from mri_audit.audit.chain import (
+    GENESIS,
+    Head,
+    Link,
+    chained_lines,
+    check_link,
+    line_hash,
+    tail_link,
+    unlink,
+)
 from mri_audit.errors import DataError, write_failure
-from mri_audit.files import to_jsonable
 
 __all__ = [
     "Journal",
+    "header_anchor",
     "JournalContents",
     "RECORD_KINDS",
     "read_journal",
@@ -45,22 +58,25 @@ def record_key(rec: dict) -> tuple:
     return (rec["model"], rec["attack"], rec["volume"], int(rec["slice"]))
 
 
-def _dumps(obj: dict) -> str:
-    return json.dumps(to_jsonable(obj), sort_keys=True, allow_nan=False) + "\n"
-
-
 class JournalContents(NamedTuple):
     """A validated journal.
 
     Attributes:
         header: the header line (None for a journal with no lines).
-        records: the records, in journal order.
+        records: the records, in journal order (without their chain links).
         segments: seconds worked by each earlier run segment (segment id -> seconds).
+        hashes: the SHA-256 of each line of the main journal, in order (its head is the last).
     """
 
     header: dict | None
     records: list[dict]
     segments: dict[int, float]
+    hashes: tuple[str, ...] = ()
+
+    @property
+    def head(self) -> Head | None:
+        """The main journal's head (line count, last line's hash); None when it is empty."""
+        return Head(len(self.hashes), self.hashes[-1]) if self.hashes else None
 
     @property
     def elapsed(self) -> float:
@@ -86,6 +102,8 @@ class _Validator:
         self.in_shard = False
         self.records: list[dict] = []
         self.segments: dict[int, float] = {}
+        self.link = Link(0, GENESIS)
+        self.hashes: list[str] = []
 
     def fail(self, where: str, problem: str) -> JournalError:
         return JournalError(f"{where}: {problem}; {self.hint}")
@@ -170,14 +188,25 @@ def _lines(path: Path, *, repair: bool) -> list[tuple[int, bytes]]:
     return out
 
 
-def _parse(v: _Validator, path: Path, repair: bool) -> None:
+def _parse(v: _Validator, path: Path, repair: bool, start: Link) -> list[str]:
+    """Check every line of ``path`` (its chain from ``start``, then its content); returns the
+    lines' hashes."""
+    v.link, hashes = start, []
     for n, line in _lines(path, repair=repair):
         where = f"{path.name} line {n}"
         try:
             obj = json.loads(line)
         except (ValueError, UnicodeDecodeError):
             raise v.fail(where, "is not valid JSON (a torn or edited line)") from None
+        if isinstance(obj, dict):
+            broken = check_link(obj, n, v.link)
+            if broken is not None:
+                raise v.fail(where, broken.problem)
+            v.link = Link(obj["seq"], line_hash(line))
+            obj = unlink(obj)
+        hashes.append(line_hash(line))
         v.add(obj, where)
+    return hashes
 
 
 def read_journal(path: str | Path, *, repair: bool = False, hint: str | None = None):
@@ -221,8 +250,9 @@ def read_audit_journal(
         "or start over with --force"
     )
     v = _Validator(hint)
+    hashes: list[str] = []
     if path.exists():
-        _parse(v, path, repair)
+        hashes = _parse(v, path, repair, Link(0, GENESIS))
     if shards is None:
         shards = sorted(path.parent.glob("records.rank*.jsonl"))
     for shard in shards:
@@ -230,10 +260,16 @@ def read_audit_journal(
             raise v.fail(shard.name, f"a shard of an audit whose journal {path.name} is empty")
         before = v.header
         v.in_shard = True
-        _parse(v, shard, repair)
+        _parse(v, shard, repair, Link(0, hashes[0]))  # a shard links to the header line
         if v.header is not before:
             raise v.fail(shard.name, "a shard with a header of its own")
-    return JournalContents(v.header, v.records, v.segments)
+    return JournalContents(v.header, v.records, v.segments, tuple(hashes))
+
+
+def header_anchor(path: Path) -> str:
+    """The hash of a main journal's header line (what a rank's shard links its first line to)."""
+    with Path(path).open("rb") as fh:
+        return line_hash(fh.readline())
 
 
 class Journal:
@@ -245,6 +281,11 @@ class Journal:
         segment: this run segment's id; when given, each append also writes a ``time`` line
             with the seconds since ``started``.
         started: ``time.perf_counter()`` when the segment began.
+        anchor: the hash the file's first line links to (:data:`GENESIS` for the main journal,
+            the main journal's header line for a rank's shard: :func:`header_anchor`).
+
+    Every line is linked into the file's hash chain (:mod:`mri_audit.audit.chain`); the chain's
+    end is read from the file's last line at the first append, then kept.
     """
 
     def __init__(
@@ -254,11 +295,14 @@ class Journal:
         audit: str | None = None,
         segment: int | None = None,
         started: float | None = None,
+        anchor: str = GENESIS,
     ) -> None:
         self.path = Path(path)
         self.audit = audit
         self.segment = segment
         self.started = started
+        self.anchor = anchor
+        self._end: Link | None = None
 
     def read(self) -> list[dict]:
         """Every line as a dict, validated (header first, then the records); see
@@ -270,7 +314,9 @@ class Journal:
         """Create the journal with its header, atomically (no empty journal is ever left)."""
         from mri_audit.files import atomic_write
 
-        atomic_write(self.path, _dumps(header).encode("utf-8"))
+        data, end = chained_lines([header], Link(0, self.anchor))
+        atomic_write(self.path, data)
+        self._end = end
 
     def append(self, records: Iterable[dict]) -> None:
         """Append records durably; on a failed write nothing of this call is left.
@@ -288,7 +334,9 @@ class Journal:
             stamped.append(
                 {"kind": "time", "audit": self.audit, "segment": self.segment, "elapsed": elapsed}
             )
-        data = "".join(_dumps(r) for r in stamped).encode("utf-8")
+        if self._end is None:
+            self._end = tail_link(self.path, Link(0, self.anchor))
+        data, end = chained_lines(stamped, self._end)
         size = self.path.stat().st_size if self.path.exists() else None
         try:
             with self.path.open("ab") as fh:
@@ -300,6 +348,7 @@ class Journal:
             raise write_failure(
                 self.path, err, "this batch was not kept; free space, then run again with --resume"
             ) from None
+        self._end = end
 
     def _undo(self, size: int | None) -> None:
         """Cut a partly written append back to the journal's previous size."""

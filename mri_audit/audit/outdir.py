@@ -38,6 +38,7 @@ AUDIT_FILES = (
     "report.html",
     "audit_images.npz",
     "map.csv",  # a map's table (`mri-audit map`): replaced with the map's results.json
+    "signature.json",  # `--sign`: the signed head and manifest
 )
 MIN_FREE_BYTES = 64 << 20
 """Free space an audit needs before it starts (the journal, the images and the report)."""
@@ -60,6 +61,7 @@ def audit_files(out: Path) -> list[Path]:
         ".records.csv.*.tmp",
         ".audit_images.npz.*.tmp",
         ".map.csv.*.tmp",
+        ".signature.json.*.tmp",
     ):
         found += sorted(out.glob(pattern))
     return found
@@ -182,7 +184,9 @@ def foreign_files(out: Path, audit: str | None) -> list[Path]:
     found = [f for f in found if not (f.name == "records.jsonl" and f.stat().st_size == 0)]
     if not found:
         return []
-    owners = [_owner(f) for f in found if f.suffix in (".json", ".jsonl")]
+    owners = [
+        _owner(f) for f in found if f.suffix in (".json", ".jsonl") and f.name != "signature.json"
+    ]
     if audit is not None and owners and all(o == audit for o in owners):
         return []
     return found

@@ -93,6 +93,12 @@ def read_journal(path: Path, results: dict) -> list[dict]:
     except OSError as err:
         raise DataError(f"cannot read the journal {journal}: {err}") from None
     header, records = contents.header, contents.records
+    if header is not None and header.get("audit") == results.get("audit"):
+        from mri_audit.audit.chain import check_head
+
+        problem = check_head(list(contents.hashes), results.get("chain"), exact=True)
+        if problem:
+            raise DataError(f"{journal}: {problem}; re-run the audit")
     if not records:
         raise DataError(f"the journal {journal} holds no records")
     if header is not None and header.get("audit") != results.get("audit"):
@@ -170,7 +176,9 @@ def reread_results(results: dict, records: list[dict], criterion: Criterion) -> 
     except (KeyError, TypeError, ValueError) as err:
         raise DataError(f"the journal holds a malformed record ({err!r})") from None
     out = copy.deepcopy(results)
-    out.update({k: agg[k] for k in ("clean", "attacks", "transfer", "verdict", "failures")})
+    out.pop("manifest", None)  # the re-read's own files are hashed once written
+    keys = ("clean", "zero_filled", "attacks", "transfer", "paired", "verdict", "failures")
+    out.update({k: agg[k] for k in keys})
     config = out.setdefault("config", {})
     config["criterion"] = criterion.name
     config.update({k: v for k, v in criterion.params().items() if k in THRESHOLD_KEYS})
@@ -241,6 +249,10 @@ def reread_audit(
     )
     with rendering(f"rendering {out}", then):
         atomic_write(out, render_html(build_context(audit)).encode("utf-8"))
+    if out.parent.resolve() == json_path.parent.resolve():
+        from mri_audit.evidence.manifest import file_digests
+
+        new["manifest"] = file_digests(out.parent, [out.name])
     write_json(json_path, dict(new, complete=True))
     return out, json_path, json.loads(json_path.read_text(encoding="utf-8"))
 
@@ -256,7 +268,12 @@ def render_reread(results_path: str | Path, out_path: str | Path | None = None) 
     path = resolve_results(results_path)
     results = load_results(path)
     if results.get("kind") == "map" or results.get("reread_from") is None:
-        return render_report(path, out_path)
+        written = render_report(path, out_path)
+        if Path(written).resolve() == (path.parent / Path(written).name).resolve():
+            from mri_audit.evidence.manifest import update_manifest
+
+            update_manifest(path, [Path(written).name])  # a report rendered again in place
+        return written
     frame, note = None, None
     try:
         criterion = criterion_of(results["config"])

@@ -20,8 +20,10 @@ import numpy as np
 
 from mri_audit.audit.aggregates import aggregate
 from mri_audit.audit.cautions import audit_warnings
+from mri_audit.audit.chain import chained_lines
 from mri_audit.audit.panels import render_panels, worst_records
 from mri_audit.errors import MriAuditError, UsageError, write_failure
+from mri_audit.evidence.manifest import AUDIT_OUTPUTS, SIGNATURE_FILE, chain_of, file_digests
 from mri_audit.files import SCHEMA_VERSION, atomic_write, to_jsonable, write_json
 from mri_audit.fnaf.criteria import criterion_of
 from mri_audit.report.failures import TRACEBACK_HINT, RenderError, describe, rendering
@@ -110,7 +112,9 @@ class AuditResult:
         """The audit's fingerprint (``header["audit"]``, stored in ``results.json``)."""
         return self.header.get("audit") or self.results.get("audit")
 
-    def write(self, out: str | Path, *, force: bool = False) -> Path:
+    def write(
+        self, out: str | Path, *, force: bool = False, sign: str | Path | None = None
+    ) -> Path:
         """Write every final file into ``out`` (each atomically) and return ``out``.
 
         ``out`` may hold this audit already (``audit(out=...)`` wrote it there, or ``write``
@@ -125,6 +129,10 @@ class AuditResult:
         The journal is written too when ``out`` does not hold it already (a re-read under
         another criterion needs it). A failure after the journal loses no record: it is one
         line saying how to finish the files (see :meth:`_failure`).
+
+        ``results.json`` records the journal's chain head (``chain``) and the SHA-256 of every
+        other file written (``manifest``); with ``sign`` (an Ed25519 private key file) they are
+        signed into ``signature.json`` (:mod:`mri_audit.evidence.attest`).
 
         Raises:
             UsageError: ``out`` is a file, or holds another audit and ``force`` is false.
@@ -142,13 +150,14 @@ class AuditResult:
         except OSError as err:
             raise write_failure(out, err) from None
         if self.header and not _holds_journal(out, self.header.get("audit")):
-            lines = [
-                json.dumps(to_jsonable(r), sort_keys=True) for r in [self.header, *self.journal]
-            ]
-            atomic_write(out / FILES["journal"], ("\n".join(lines) + "\n").encode("utf-8"))
-        results = {k: v for k, v in self.results.items() if k != "failed"}
+            data, _ = chained_lines([self.header, *self.journal])
+            atomic_write(out / FILES["journal"], data)
+        (out / SIGNATURE_FILE).unlink(missing_ok=True)  # the files it signed change now
+        results = {k: v for k, v in self.results.items() if k not in ("failed", "manifest")}
         results["complete"] = False
         step, started = "results.json", False
+        if self.header:
+            results["chain"] = dict(chain_of(out / FILES["journal"]), folder=out.resolve().name)
         try:
             write_json(out / "results.json", results)
             started, step = True, FILES["images"]
@@ -160,13 +169,18 @@ class AuditResult:
             rows = [{k: v for k, v in r.items() if k != "audit"} for r in self.journal]
             atomic_write(out / FILES["records"], records_csv_text(rows).encode("utf-8"))
             step = FILES["report"]
-            self._render(out / FILES["report"])
+            self._render(out / FILES["report"], results)
             step = "results.json"
+            results["manifest"] = file_digests(out, AUDIT_OUTPUTS)
             results["complete"] = True
             write_json(out / "results.json", results)
         except Exception as err:
             raise self._failure(out, results, step, err, started) from None
         self.results, self.out = results, out
+        if sign is not None:
+            from mri_audit.evidence.attest import sign_folder
+
+            sign_folder(out, sign)
         return out
 
     def _failure(
@@ -228,11 +242,12 @@ class AuditResult:
             self._render(path)
         return path
 
-    def _render(self, path: Path) -> None:
-        """Render the report to ``path`` (atomically); any failure propagates."""
+    def _render(self, path: Path, results: dict | None = None) -> None:
+        """Render the report of ``results`` (default: this result's) to ``path`` (atomically);
+        any failure propagates."""
         from mri_audit.report.html import AuditInputs, build_context, render_html
 
-        results = json.loads(json.dumps(to_jsonable(self.results)))  # as results.json reads
+        results = json.loads(json.dumps(to_jsonable(results or self.results)))  # as read
         results.pop("failed", None)
         inputs = AuditInputs(path.parent / "results.json", results, records=self.records)
         inputs.criterion = criterion_of(results["config"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mri_audit import __version__
 from mri_audit.data.opening import open_data, probe_batch
-from mri_audit.errors import UsageError
+from mri_audit.errors import DataError, UsageError
 from mri_audit.models.opening import open_entries
 
 __all__ = [
@@ -274,7 +274,31 @@ def claim_out(out: Path, stack, *, resume: bool, force: bool, note: Callable[[st
         if not resume
         else f"the journal in {out} is as it was; run the same command with --resume to continue"
     )
-    return read_records(out, repair=True) if resume else None
+    if not resume:
+        return None
+    contents = read_records(out, repair=True)
+    _check_recorded_head(out, contents)
+    return contents
+
+
+def _check_recorded_head(out: Path, contents) -> None:
+    """A resumed journal must extend the head its audit's ``results.json`` recorded (the last
+    lines, which no later line authenticates, are checked there)."""
+    from mri_audit.audit.chain import check_head
+
+    try:
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    header = contents.header or {}
+    if not isinstance(results, dict) or results.get("audit") != header.get("audit"):
+        return
+    problem = check_head(list(contents.hashes), results.get("chain"), exact=False)
+    if problem:
+        raise DataError(
+            f"cannot resume the audit in {out}: {problem}; restore the journal, or start over "
+            "with --force"
+        )
 
 
 def prepare_journal(out: Path, header: dict, identity: dict, previous, dataset):
@@ -328,11 +352,12 @@ def merge_shards(
     )
     shards = list(out.glob("records.rank*.jsonl"))
     if shards:
-        from mri_audit.files import atomic_write, to_jsonable
+        from mri_audit.audit.chain import chained_lines
+        from mri_audit.files import atomic_write
 
+        # The merged journal is chained afresh, after every shard's chain was checked above.
         timing = {"kind": "time", "audit": header["audit"], "segment": segment, "elapsed": elapsed}
-        lines = [json.dumps(to_jsonable(r), sort_keys=True) for r in [header, *records, timing]]
-        atomic_write(out / "records.jsonl", ("\n".join(lines) + "\n").encode())
+        atomic_write(out / "records.jsonl", chained_lines([header, *records, timing])[0])
         for shard in shards:
             shard.unlink()
     return records

@@ -105,7 +105,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
 
 
 def _register() -> None:
-    from mri_audit.cli import attacks_cmd, check, data, harden, map_cmd, report_cmd, run
+    from mri_audit.cli import attacks_cmd, check, data, harden, map_cmd, report_cmd, run, verify_cmd
+    from mri_audit.cli.keygen_cmd import keygen
 
     cli.add_command(run.run)
     cli.add_command(harden.harden)
@@ -114,6 +115,8 @@ def _register() -> None:
     cli.add_command(attacks_cmd.attacks)
     cli.add_command(data.data)
     cli.add_command(map_cmd.map_command)
+    cli.add_command(verify_cmd.verify)
+    cli.add_command(keygen)
 
 
 _register()

@@ -148,6 +148,10 @@ def execute(opts: dict, command_line: list[str]) -> None:
     from mri_audit.mri.physics import make_mask_func
 
     grid = _grid(opts)
+    if opts["sign"] is not None:  # a bad key is refused before any work
+        from mri_audit.evidence.signing import load_private_key
+
+        load_private_key(Path(opts["sign"]))
     entries = model_entries(opts)
     check_files(entries)  # before the data is read, before anything is written
     out: Path = opts["out"]
@@ -223,7 +227,7 @@ def execute(opts: dict, command_line: list[str]) -> None:
             _remove_existing(out)
         from mri_audit.report.map_files import write_map
 
-        write_map(out, results)
+        write_map(out, results, sign=opts["sign"])
     click.echo(_table(section))
     click.echo(
         f"\nWrote {out}/map.csv, results.json and report.html "

@@ -11,9 +11,12 @@ __all__ = ["execute", "show_result"]
 
 def execute(opts: dict, command_line: list[str]) -> int:
     """Run the audit described by the parsed options; returns the exit status."""
+    import time
+
     from mri_audit.audit.api import AuditInterrupted, audit
     from mri_audit.cli import EXIT_INTERRUPTED, on_interrupt
 
+    started = time.perf_counter()
     entries = opts["models"]
     try:
         result = audit(
@@ -51,6 +54,7 @@ def execute(opts: dict, command_line: list[str]) -> int:
             out=opts["out"],
             resume=opts["resume"],
             force=opts["force"],
+            sign=opts["sign"],
             progress=not opts["no_progress"],
             command_line=command_line,
             on_stage=on_interrupt,
@@ -63,11 +67,11 @@ def execute(opts: dict, command_line: list[str]) -> int:
                 err=True,
             )
         return EXIT_INTERRUPTED
-    show_result(result)
+    show_result(result, time.perf_counter() - started)
     return result.exit_code
 
 
-def show_result(result) -> None:
+def show_result(result, command_seconds: float | None = None) -> None:
     """The attack table, the warnings, the files written and the verdict (rank 0 only)."""
     from mri_audit.report.tables import attack_table
 
@@ -77,9 +81,13 @@ def show_result(result) -> None:
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
     elapsed = result.results["elapsed_seconds"]
+    timing = f"attacks {elapsed:.1f} s"
+    if command_seconds is not None:
+        timing += f", the whole command {command_seconds:.1f} s"
+    signed = ", signature.json" if (result.out / "signature.json").is_file() else ""
     click.echo(
-        f"\nWrote {result.out}/results.json, records.csv, records.jsonl and report.html "
-        f"({elapsed:.1f} s)"
+        f"\nWrote {result.out}/results.json, records.csv, records.jsonl, report.html{signed} "
+        f"({timing}); check them with mri-audit verify {result.out}"
     )
     verdict = result.verdict
     status = verdict.get("status", "none")

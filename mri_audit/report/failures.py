@@ -103,6 +103,11 @@ def finish_audit(results_path: str | Path) -> Path | None:
     )
     with rendering(f"rendering {report}", then):
         render_report(path, report)
-    write_json(path, {k: v for k, v in results.items() if k != "failed"} | {"complete": True})
+    from mri_audit.evidence.manifest import AUDIT_OUTPUTS, file_digests
+
+    names = [n for n in AUDIT_OUTPUTS if (path.parent / n).is_file()]
+    done = {k: v for k, v in results.items() if k != "failed"}
+    done |= {"manifest": file_digests(path.parent, names), "complete": True}
+    write_json(path, done)
     logger.info("finished the audit in %s: rendered %s", path.parent, report)
     return report

@@ -328,6 +328,19 @@ def build_context(audit: AuditInputs) -> dict:
         "notes": list(audit.notes),
         "failures": r.get("failures") or {"skipped": 0, "errors": 0, "slices": []},
         "recovery_map": _map_section(r),
+        "evidence": _evidence(r),
+    }
+
+
+def _evidence(results: dict) -> dict | None:
+    """The journal's chain head the report shows (None for results written without one)."""
+    chain = results.get("chain")
+    if not isinstance(chain, dict) or not isinstance(chain.get("head"), str):
+        return None
+    return {
+        "lines": chain.get("lines"),
+        "head": chain["head"],
+        "folder": chain.get("folder") or "AUDIT_FOLDER",
     }
 
 

@@ -148,11 +148,20 @@ def render_map_report(results: Mapping[str, Any], out: str | Path) -> Path:
     return out
 
 
-def write_map(out: Path, results: dict) -> None:
+def write_map(out: Path, results: dict, *, sign: str | Path | None = None) -> None:
     """Write ``map.csv``, ``results.json`` (``complete: false``), ``report.html``, then
-    ``results.json`` again with ``complete: true``, each atomically."""
+    ``results.json`` again with ``complete: true`` and the files' SHA-256 (``manifest``), each
+    atomically; with ``sign`` (an Ed25519 private key) the manifest is signed into
+    ``signature.json``."""
+    from mri_audit.evidence.manifest import MAP_OUTPUTS, file_digests
+
     write_map_csv(out / "map.csv", results["map"])
     write_json(out / "results.json", results)
     render_map_report(results, out / "report.html")
+    results["manifest"] = file_digests(out, MAP_OUTPUTS)
     results["complete"] = True
     write_json(out / "results.json", results)
+    if sign is not None:
+        from mri_audit.evidence.attest import sign_folder
+
+        sign_folder(out, sign)

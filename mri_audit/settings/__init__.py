@@ -9,7 +9,7 @@ one-line :class:`~mri_audit.errors.UsageError` (exit 2) from each.
 
 from __future__ import annotations
 
-from mri_audit.settings.commands import CHECK, COMMANDS, HARDEN, MAP, REPORT, RUN
+from mri_audit.settings.commands import CHECK, COMMANDS, HARDEN, MAP, REPORT, RUN, VERIFY
 from mri_audit.settings.spec import Setting, check_settings, check_value, shown
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "HARDEN",
     "MAP",
     "REPORT",
+    "VERIFY",
     "RUN",
     "Setting",
     "check_settings",

@@ -47,6 +47,10 @@ def needs_out(v: Mapping[str, Any]) -> str | None:
     return None if v.get("out") is not None else "continues the audit in out=, which is not given"
 
 
+def writes_out(v: Mapping[str, Any]) -> str | None:
+    return None if v.get("out") is not None else "signs the files written to out=, not given"
+
+
 def map_on(v: Mapping[str, Any]) -> str | None:
     return None if v.get("recovery_map") else "off"
 

@@ -36,11 +36,12 @@ from mri_audit.settings.catalog import (
     map_on,
     needs_out,
     shape_rule,
+    writes_out,
 )
 from mri_audit.settings.spec import Setting
 from mri_audit.settings.training import HARDEN
 
-__all__ = ["CHECK", "COMMANDS", "HARDEN", "MAP", "REPORT", "RUN"]
+__all__ = ["CHECK", "COMMANDS", "HARDEN", "MAP", "REPORT", "RUN", "VERIFY"]
 
 _MASK = (ACCEL, CENTER_FRACTION, MASK)
 _DATA = (DATA, MAX_VOLUMES, MAX_SLICES)
@@ -212,6 +213,15 @@ RUN: tuple[Setting, ...] = (
         applies=needs_out,
     ),
     FORCE,
+    Setting(
+        "sign",
+        "path",
+        metavar="KEY",
+        help="Sign the audit's chain head and file manifest with this Ed25519 private key "
+        "(`mri-audit keygen`) into signature.json; needs the sign extra (pip install "
+        "'mri-audit[sign]').",
+        applies=writes_out,
+    ),
     NO_PROGRESS,
     PROGRESS,
 )
@@ -280,6 +290,13 @@ MAP: tuple[Setting, ...] = (
     DEVICE,
     Setting("out", "path", default="mri-audit-map", help="Output folder."),
     replace(FORCE, help="Replace the results already in --out."),
+    Setting(
+        "sign",
+        "path",
+        metavar="KEY",
+        help="Sign the map's file manifest with this Ed25519 private key (`mri-audit keygen`) "
+        "into signature.json; needs the sign extra (pip install 'mri-audit[sign]').",
+    ),
     replace(NO_PROGRESS, help="Hide the progress lines.", api=True),
 )
 
@@ -312,6 +329,63 @@ REPORT: tuple[Setting, ...] = (
     Setting("threshold", "float", low=0, help="paper: τ (default: the audit's)."),
 )
 
+VERIFY: tuple[Setting, ...] = (
+    Setting(
+        "key",
+        "path",
+        metavar="PUB",
+        help="An Ed25519 public key (KEY.pub of `mri-audit keygen`): check signature.json with "
+        "it (the signed files did not change since signing, by the key's holder).",
+    ),
+    Setting(
+        "replay",
+        "int",
+        low=1,
+        metavar="N",
+        help="Re-run N records through the model and data the audit names (picked from the "
+        "chain head and --nonce) and compare r, r0 and e within the stated tolerance.",
+    ),
+    Setting(
+        "nonce",
+        "text",
+        metavar="TEXT",
+        help="Your text mixed into the choice of replayed records, so whoever ran the audit "
+        "cannot predict them [default: a random one, printed].",
+        applies=lambda v: (
+            None if v.get("replay") else "chooses the replayed records; add --replay N"
+        ),
+    ),
+    Setting(
+        "models",
+        "text",
+        default=(),
+        flag="--model",
+        multiple=True,
+        metavar="SPEC",
+        help="The audit's models again, in order, for --replay (default: as recorded); each "
+        "must match the recorded source hash.",
+        applies=lambda v: None if v.get("replay") else "is for --replay; add --replay N",
+    ),
+    Setting(
+        "weights",
+        "text",
+        default=(),
+        multiple=True,
+        metavar="FILE",
+        help="The models' weights again, in order, for --replay (default: as recorded); each "
+        "must match the recorded SHA-256.",
+        applies=lambda v: None if v.get("replay") else "is for --replay; add --replay N",
+    ),
+    Setting(
+        "data",
+        "path",
+        help="The audit's data again for --replay (default: as recorded); its files must match "
+        "the recorded hashes.",
+        applies=lambda v: None if v.get("replay") else "is for --replay; add --replay N",
+    ),
+    DEVICE,
+)
+
 CHECK: tuple[Setting, ...] = (
     replace(MODEL_SETTINGS[0], required=True),
     *MODEL_SETTINGS[1:5],
@@ -327,4 +401,5 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
     "map": MAP,
     "harden": HARDEN,
     "report": REPORT,
+    "verify": VERIFY,
 }

@@ -1,0 +1,1 @@
+"""Evidence a reviewer can check: the journal chain, the manifest, signatures, verification."""
