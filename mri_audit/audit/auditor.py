@@ -95,6 +95,12 @@ class AuditConfig:
         known = set(getattr(cls, "attack_params", ()))
         return {k: v for k, v in kwargs.items() if k in known}
 
+    def attack_settings(self, name: str, cls: type) -> dict:
+        """Every keyword attack ``name`` (class ``cls``) is built with: the shared settings it
+        takes, overridden by its own ``--attack-param`` values (an attack parameter wins, so
+        ``fnaf-pgd.candidates=33`` sets fnaf-pgd's candidates alone)."""
+        return {**self.attack_kwargs(cls), **self.attack_options.get(name, {})}
+
 
 class AuditModel(NamedTuple):
     """A model under audit: its unique display name and estimator."""
@@ -145,9 +151,7 @@ class Auditor:
         self.target_count = 0
         self.attacks = {
             (m.name, a): attack_classes[a](
-                m.estimator,
-                **config.attack_kwargs(attack_classes[a]),
-                **config.attack_options.get(a, {}),
+                m.estimator, **config.attack_settings(a, attack_classes[a])
             )
             for m in self.models
             for a in config.attacks

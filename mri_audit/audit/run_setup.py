@@ -115,7 +115,7 @@ def check_attacks(attack_classes: dict, config, estimator) -> None:
                 f"{name} has no parameter {', '.join(unknown)}; see `mri-audit attacks`"
             )
         try:
-            cls(estimator, **config.attack_kwargs(cls), **params)
+            cls(estimator, **config.attack_settings(name, cls))
         except (TypeError, ValueError) as err:
             raise UsageError(f"{name}: {err}") from None
 
