@@ -19,12 +19,13 @@ class FiniteDifference(FnafAttack):
     angle; keyed by (seed, volume, slice, candidate)) and places it with its first pixel (a
     walk's start, a disk's or line's centre) at a location: evaluation 0 at the feature's own
     random position; then, in a repeating cycle of three, a probe ``h`` pixels along the rows, a
-    probe ``h`` pixels along the columns (each a forward difference of the criterion's score
-    against the current location; towards the window's inside at its edge), and a move of
-    ``step`` pixels along the sign of the estimated gradient on each axis. Every evaluation is a
-    candidate for the final selection, so the budget equals ``fnaf-rs``'s and is spent whole:
-    with ``restarts`` independent chains per slice, the budget is split between them as evenly
-    as possible.
+    probe ``h`` pixels along the columns (each a forward difference of the criterion's score,
+    rounded to its resolution, against the current location; towards the window's inside at its
+    edge), and a move of ``step`` pixels along the sign of the estimated gradient on each axis.
+    Every evaluation is a candidate for the final selection, so the budget equals ``fnaf-rs``'s
+    and is spent whole: with ``restarts`` independent chains per slice, the budget is split
+    between them as evenly as possible. The candidates are returned in candidate number (chain
+    ``j``'s evaluation ``k`` is number ``k`` plus the budgets of the chains before it).
 
     Args:
         restarts: independent chains per slice (1 to ``candidates``).
@@ -96,8 +97,10 @@ class FiniteDifference(FnafAttack):
             return f if row is None else self._place(ctx, f, row, col)
 
         def key(scores: Scores) -> torch.Tensor:
-            # Inadmissible candidates rank lowest without poisoning differences with infinities.
-            return self.rule.key(scores).nan_to_num(neginf=-1e30).double()
+            # The score rounded to the criterion's resolution: a difference within float noise
+            # is no gradient (no move), on every machine alike. Inadmissible candidates rank
+            # lowest without poisoning differences with infinities.
+            return self.rule.rank_key(scores).nan_to_num(neginf=-1e30)
 
         everyone = torch.arange(si.numel(), device=device)
         start = draw(everyone, 0)
@@ -108,7 +111,7 @@ class FiniteDifference(FnafAttack):
         grad_r = torch.zeros_like(pos_r)
         grad_c = torch.zeros_like(pos_c)
         moved_r = torch.zeros_like(pos_r)
-        all_features, all_scores = [start], [scores]
+        all_features, all_scores, numbers = [start], [scores], [first]
         for k in range(1, max(budgets)):
             idx = (budget > k).nonzero().squeeze(1)
             phase = (k - 1) % 3
@@ -139,4 +142,9 @@ class FiniteDifference(FnafAttack):
                 here[idx] = value
             all_features.append(f)
             all_scores.append(s)
-        return FeatureBatch.cat(all_features), Scores.cat(all_scores)
+            numbers.append(first[idx] + k)
+        # Each slice's candidates in ascending candidate number (selection's tie order).
+        features = FeatureBatch.cat(all_features)
+        number = features.slice_index * self.candidates + torch.cat(numbers)
+        order = torch.argsort(number, stable=True)
+        return features.take(order), Scores.cat(all_scores).take(order)

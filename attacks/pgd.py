@@ -19,9 +19,10 @@ class FnafPGD(RandomSearch):
     moves the intensities by ``step_size * (max t - min t)`` along the sign of the gradient of the
     criterion's score and projects them to ``[min t, max t]`` on the support. A step that leaves
     the criterion's admissible set is undone for that slice and its step size halved, so every
-    iterate kept is admissible; the best iterate is kept, so the result is never below
-    ``fnaf-rs``. With ``grow > 0`` the support gains, in each of the first ``grow`` steps, the
-    ring pixel where the score rises fastest.
+    iterate kept is admissible; the best iterate is kept (by the score rounded to the criterion's
+    resolution, the earliest on ties), so the result is never below ``fnaf-rs``. With
+    ``grow > 0`` the support gains, in each of the first ``grow`` steps, the ring pixel where the
+    score rises fastest.
 
     Args:
         steps: gradient steps.
@@ -82,15 +83,18 @@ class FnafPGD(RandomSearch):
         f = self._grown(f) if self.grow else f
         h, w = ctx.target_shape
         best = f._replace(values=f.values.detach().clone())
-        best_score = torch.full((f.count,), -float("inf"), device=lo.device)
+        # The best iterate so far by the rounded score: a later one must beat it by a whole
+        # resolution step (float noise never replaces the earlier, e.g. fnaf-rs's start).
+        best_rank = torch.full((f.count,), -float("inf"), device=lo.device, dtype=torch.float64)
         for it in range(self.steps + 1):
             values = f.values.detach().requires_grad_(True)
             probe = torch.zeros(f.count, h, w, device=lo.device, requires_grad=bool(self.grow))
             q = engine.scores_with_grad(ctx, f._replace(values=values), probe=probe)
             score = rule.score(q)
             ok = rule.admissible(q.detach()) & torch.isfinite(score.detach())
-            better = ok & (score.detach() > best_score)
-            best_score = torch.where(better, score.detach(), best_score)
+            rank = rule.rank_key(q.detach())
+            better = ok & (rank > best_rank)
+            best_rank = torch.where(better, rank, best_rank)
             best = FeatureBatch(
                 *(
                     torch.where(better[:, None], new.detach(), old)

@@ -199,13 +199,16 @@ def test_stochastic_records_do_not_depend_on_batch_or_other_volumes(
 
 
 def test_batched_generator_model_equals_its_per_item_run(models):
-    """A model that takes generator= stays batched; its records equal those at batch size 1."""
+    """A model that takes generator= stays batched; its records equal those at batch size 1
+    (the same picks and hits; the numbers to float rounding: ``r_se`` of a tie at ``e = 0`` can
+    differ by 1e-11 between batch sizes)."""
     spec = _spec(models, "Batched")
     small = dict(max_volumes=1, max_slices=2, attacks=("fnaf-rs",), candidates=3, samples=2)
-    cols = ["r", "r0", "e", "r_se", "hit"]
-    assert _records(spec, batch_size=4, **small)[cols].equals(
-        _records(spec, batch_size=1, **small)[cols]
-    )
+    batched = _records(spec, batch_size=4, **small)
+    alone = _records(spec, batch_size=1, **small)
+    assert batched[["hit", "row", "col"]].equals(alone[["hit", "row", "col"]])
+    cols = ["r", "r0", "e", "r_se"]
+    assert batched[cols].values == pytest.approx(alone[cols].values, rel=1e-6, abs=1e-9)
 
 
 def test_coupled_records_do_not_depend_on_batch_size_and_the_run_says_so(models, tmp_path):

@@ -3,10 +3,11 @@
 Subclasses implement only their search (:meth:`FnafAttack._search`: every candidate evaluated,
 with its engine quantities). :meth:`FnafAttack.attack` is final: it runs the search with the model
 frozen and restored afterwards, keeps only candidates the criterion admits (its IP rule), selects
-the best one per slice by the criterion's score, applies the hit rule and the control, and also
-records what every other criterion would have selected among the same candidates (so an audit can
-be re-read under another criterion). ``generate`` provides ART's contract (numpy in, numpy out;
-torch tensors pass through on their device).
+the best one per slice by the criterion's score (rounded to its resolution; ties: the lowest
+candidate number, so every machine picks the same feature), applies the hit rule and the
+control, and also records what every other criterion would have selected among the same
+candidates (so an audit can be re-read under another criterion). ``generate`` provides ART's
+contract (numpy in, numpy out; torch tensors pass through on their device).
 """
 
 from __future__ import annotations
@@ -249,15 +250,17 @@ class FnafAttack(EvasionAttack):
 
     # ------------------------------------------------------------------ the search
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
-        """Return every candidate evaluated (features and their engine quantities)."""
+        """Return every candidate evaluated (features and their engine quantities), each
+        slice's in ascending candidate number (a tie goes to the first)."""
         raise NotImplementedError
 
     def engine(self) -> FnafEngine:
         return FnafEngine(self.estimator, batch_size=self.batch_size)
 
     def select(self, ctx: SliceContext, features: FeatureBatch, scores: Scores):
-        """The best admissible candidate per slice under this attack's criterion."""
-        return select_best(self.rule.key(scores), features.slice_index, ctx.num_slices)
+        """The best admissible candidate per slice under this attack's criterion (its score
+        rounded to the criterion's resolution; ties: the lowest candidate number)."""
+        return select_best(self.rule.rank_key(scores), features.slice_index, ctx.num_slices)
 
     def attack(self, ctx: SliceContext, engine: FnafEngine | None = None) -> AttackResult:
         """Run the attack on a batch of slices (the fast path; tensors stay on the device).
@@ -294,7 +297,7 @@ class FnafAttack(EvasionAttack):
         si = features.slice_index
         keep, accepted = [], {}
         for name, crit in self.criteria.items():
-            key = crit.key(scores)
+            key = crit.rank_key(scores)
             first = select_best(key, si, ctx.num_slices)
             second = select_best(
                 key.index_fill(0, first.index[first.found], -float("inf")), si, ctx.num_slices
@@ -344,8 +347,8 @@ class FnafAttack(EvasionAttack):
 
     @staticmethod
     def _pick(ctx, features: FeatureBatch, scores: Scores, crit: Criterion) -> Pick:
-        key = crit.key(scores)
-        sel = select_best(key, features.slice_index, ctx.num_slices)
+        key = crit.key(scores)  # the recorded score stays unrounded
+        sel = select_best(crit.rank_key(scores), features.slice_index, ctx.num_slices)
         nan = torch.tensor(float("nan"), device=key.device)
         found = sel.found
         taken = scores.take(sel.index)

@@ -13,7 +13,11 @@ size-free paper loss ``L`` and IP distance ``D``) and gives
 
 Selection (the best admissible candidate per slice) does not depend on the hit thresholds
 (``margin``, ``min_recovery``, ``threshold``), so an audit can be re-read under other
-thresholds, or another criterion, from its records (``mri-audit report --criterion``).
+thresholds, or another criterion, from its records (``mri-audit report --criterion``). It
+compares scores rounded to the criterion's fixed ``resolution`` (:meth:`Criterion.rank_key`) and
+breaks ties by the lowest candidate number, so float rounding (another machine, device or batch
+size) cannot pick another feature among candidates that tie, e.g. every candidate of the
+zero-filled model at ``e = 0``; records keep the unrounded score.
 Everything here works on tensors of any shape, so the auditor (per candidate, on the device) and
 the results (per record, on the host) share one definition.
 """
@@ -98,11 +102,17 @@ class Criterion:
 
     ``q`` is anything with the engine's quantity names as attributes or keys (``r``, ``r0``,
     ``e``, ``rho``, ``loss``, ``ip``), holding tensors of one shape; missing values are NaN.
+
+    Attributes:
+        resolution: selection compares scores in integer multiples of this, in the score's units
+            (:meth:`rank_key`): far above float noise, far below the hit thresholds, and fixed
+            (not a threshold), so selection stays independent of the thresholds.
     """
 
     name = ""
     has_control = False
     summary = ""
+    resolution = 1e-4
 
     def params(self) -> dict[str, float]:
         """The criterion's thresholds (stored with the audit)."""
@@ -125,10 +135,24 @@ class Criterion:
         return torch.zeros_like(torch.as_tensor(control), dtype=torch.bool)
 
     def key(self, q) -> torch.Tensor:
-        """The selection key: the score where admissible, ``-inf`` elsewhere."""
+        """The score where admissible, ``-inf`` elsewhere (unrounded: what a record keeps;
+        selection compares :meth:`rank_key`)."""
         s = self.score(q)
         ok = self.admissible(q) & torch.isfinite(s)
         return torch.where(ok, s, torch.full_like(s, -math.inf))
+
+    def rank_key(self, q) -> torch.Tensor:
+        """The selection key rounded to :attr:`resolution`: ``floor(key / resolution + 0.5)``
+        (float64 integers; ``-inf`` stays ``-inf`` where inadmissible).
+
+        Candidates whose scores differ by float noise (far less than the resolution) get the
+        same key, and selection gives a tie to the lowest candidate number
+        (:func:`~mri_audit.fnaf.engine.select_best`); the admissible set is exactly
+        :meth:`key`'s (finite keys stay finite).
+        """
+        key = self.key(q)
+        rank = torch.floor(key / self.resolution + 0.5).clamp(-1e300, 1e300)
+        return torch.where(torch.isfinite(key), rank, torch.full_like(key, -math.inf))
 
     def describe(self) -> str:
         return self.summary.format(**self.params())
@@ -146,11 +170,15 @@ class Erasure(Criterion):
     ``>= margin`` (so ``r₀ >= margin`` and ``e >= margin``). The zero-filled identity has
     ``e = 0`` and is never hit.
 
+    Selection rounds the score to ``1e-4`` of the feature's contrast (a thousandth of the default
+    margin; float noise is ~1e-7).
+
     Args:
         margin: ``δ`` in (0, 1] (default 0.1).
     """
 
     name = "erasure"
+    resolution = 1e-4
     summary = "hit when the erasure e = r₀ − r (at most r₀) is ≥ δ = {margin:g}"
 
     def __init__(self, *, margin: float = 0.1) -> None:
@@ -177,12 +205,15 @@ class Recovery(Criterion):
     """``recovery``: the feature is shown at less than ``min_recovery`` of its contrast although
     the data carries at least ``min_evidence`` of it (the clinical view).
 
+    Selection rounds the score ``−r`` to ``1e-4`` of the feature's contrast, as ``erasure``.
+
     Args:
         min_recovery: ``r_min`` (default 0.5).
         min_evidence: ``r₀_min``, the IP rule (default 0.1).
     """
 
     name = "recovery"
+    resolution = 1e-4
     summary = "hit when r < r_min = {min_recovery:g} and r₀ ≥ {min_evidence:g}"
 
     def __init__(self, *, min_recovery: float = 0.5, min_evidence: float = 0.1) -> None:
@@ -212,7 +243,9 @@ class Paper(Criterion):
 
     ``L = Σ_Ω e²/320²`` in normalised units over the support plus its 4-ring, hit when
     ``L >= threshold``; IP ``D = Σ (N(zf(x')) − N(zf(x)))²/320² >= ip_epsilon``. At 320x320 it
-    equals the paper's. Its control is the same search with no feature.
+    equals the paper's. Its control is the same search with no feature. Selection rounds ``L`` to
+    ``1e-6`` (a thousandth of the default ``τ``; fixed, so that selection never depends on the
+    threshold an audit is read under).
 
     Args:
         threshold: ``τ`` (default 1e-3).
@@ -221,6 +254,7 @@ class Paper(Criterion):
 
     name = "paper"
     has_control = True
+    resolution = 1e-6
     summary = "hit when L ≥ τ = {threshold:g} with D ≥ ε = {ip_epsilon:g} (areas over 320²)"
 
     def __init__(self, *, threshold: float = 1e-3, ip_epsilon: float = 1e-4) -> None:

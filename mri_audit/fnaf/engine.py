@@ -359,8 +359,13 @@ class Selection(NamedTuple):
 
 
 def select_best(key: torch.Tensor, slice_index: torch.Tensor, num_slices: int) -> Selection:
-    """Per slice, the candidate with the highest ``key`` (``-inf``: inadmissible; ties: the
-    first), on the device.
+    """Per slice, the candidate with the highest ``key`` (``-inf``: inadmissible), on the device.
+
+    Ties go to the lowest position in the candidate batch (attacks order their candidates by
+    candidate number), explicitly: the highest key per slice, then the lowest position holding
+    it, both exact reductions (``amax``, ``amin``) whose result does not depend on the order the
+    device reduces in. Pass :meth:`~mri_audit.fnaf.criteria.Criterion.rank_key` (scores rounded
+    to the criterion's resolution), so that float noise cannot break a tie.
 
     Shape:
         key: ``(N,)``; slice_index: ``(N,)``.
