@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mri_audit.cli import cli
-from tests.journal_util import rechain
+from tests.journal_util import line_hash, rechain
 
 EX = Path(__file__).resolve().parent.parent / "examples"
 UNET = ["--model", f"{EX}/unet.py:UNet", "--weights", f"{EX}/weights/unet_4x.pt"]
@@ -369,3 +369,25 @@ def test_replay_checks_the_selection_the_aggregates_count(tmp_path):
     assert _verify(out).strip().endswith("VERIFIED")
     text = _verify(out, "--replay", "2", "--nonce", "n", code=8)
     assert "criteria.erasure.e is 0.5000, the record's e" in text
+
+
+def test_another_mri_audit_does_not_compare_the_report_byte_for_byte(audit_dir, monkeypatch):
+    import mri_audit.audit.identity as identity
+
+    monkeypatch.setattr(identity, "code_digest", lambda attacks=(): "f" * 64)
+    text = _verify(audit_dir)
+    assert "--    report     not compared: the audit was written by mri-audit" in text
+    assert text.strip().endswith("VERIFIED")
+
+
+def test_the_header_must_hash_to_its_fingerprint(audit_dir, tmp_path):
+    out = _copy(audit_dir, tmp_path)
+    lines = _lines(out)
+    header = json.loads(lines[0])
+    header["config"]["margin"] = 0.5  # a stricter-looking audit, chain re-linked
+    forged = rechain([json.dumps(header) + "\n", *lines[1:]])
+    (out / "records.jsonl").write_text(forged)
+    head = line_hash(forged.splitlines()[-1].encode())
+    _edit_json(out / "results.json", lambda r: r["chain"].update(head=head))
+    text = _verify(out, code=4)
+    assert "records.jsonl's header does not hash to its fingerprint" in text

@@ -101,9 +101,22 @@ def _journal(path: Path, results: dict) -> str:
     journal = path.parent / str(chain.get("file") or "records.jsonl")
     if not journal.is_file():
         raise DataError(f"{journal.name} is missing")
+    from mri_audit.audit.identity import fingerprint, stored_identity
+
     contents = read_journal(journal, hint="the journal is not the one the audit wrote")
-    if contents.header is None or contents.header.get("audit") != results.get("audit"):
+    header = contents.header
+    if header is None or header.get("audit") != results.get("audit"):
         raise DataError(f"{journal.name} belongs to another audit than {path.name}")
+    if fingerprint(stored_identity(header)) != header["audit"]:
+        raise DataError(
+            f"{journal.name}'s header does not hash to its fingerprint {header['audit']}: its "
+            "configuration, code, models or data were edited"
+        )
+    for key in ("config", "code", "models", "data"):
+        if results.get(key) != header.get(key) and not (
+            key == "config" and results.get("reread_from")
+        ):
+            raise DataError(f"{path.name}'s {key} is not the journal header's")
     problem = check_head(list(contents.hashes), chain, exact=True)
     if problem:
         raise DataError(problem)
@@ -284,7 +297,11 @@ def verify_folder(
             checks.append(_guard("results", MISMATCH, lambda: _results(results, records)))
         else:
             checks.append(Check("results", False, "not checked: the journal is broken"))
-    checks.append(_guard("report", MISMATCH, lambda: _report(path, results)))
+    other = _other_code(results)
+    if other:
+        checks.append(Check("report", None, other))
+    else:
+        checks.append(_guard("report", MISMATCH, lambda: _report(path, results)))
     if key is not None:
         from mri_audit.evidence.attest import check_signature
 
@@ -301,6 +318,26 @@ def verify_folder(
         else:
             checks.extend(replay_checks(path, results, replay, nonce, given))
     return checks
+
+
+def _other_code(results: dict) -> str | None:
+    """Why the report cannot be compared byte for byte (another mri-audit code rendered it);
+    None when this code is the audit's."""
+    from mri_audit.audit.identity import code_digest
+    from mri_audit.fnaf.registry import load_attack
+
+    code = results.get("code") or {}
+    try:
+        attacks = [load_attack(a) for a in (results.get("config") or {}).get("attacks") or []]
+    except MriAuditError:
+        attacks = []
+    if results.get("kind") == "map" or code.get("sha256") in (None, code_digest(attacks)):
+        return None
+    return (
+        f"not compared: the audit was written by mri-audit {code.get('mri_audit')} with other "
+        f"code (sha256 {str(code.get('sha256'))[:12]}); verify with that version to compare "
+        "the report byte for byte"
+    )
 
 
 def _map_csv(path: Path, results: dict) -> str:
