@@ -28,7 +28,9 @@ import torch
 
 import mri_audit
 from mri_audit.audit.reread import read_journal
-from mri_audit.evidence.replay import QUANTITIES, TOLERANCE, Replayer
+from mri_audit.evidence.replay import TOLERANCE, Replayer
+
+QUANTITIES = ("r", "r0", "e")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,8 +41,8 @@ def deltas(replayer: Replayer, records: list[dict]) -> dict[str, float]:
     for rec in records:
         values = replayer.rescore(rec)
         pairs = [(q, rec[q], values[q]) for q in QUANTITIES]
-        if "best" in values:
-            pairs.append(("best", rec["score"], values["best"]))
+        if "fresh" in values:
+            pairs.append(("best", rec["score"], values["fresh"]["best"]))
         for q, want, got in pairs:
             d = abs(float(got) - float(want))
             worst[q] = max(worst[q], d)

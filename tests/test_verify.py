@@ -61,7 +61,7 @@ def test_an_untouched_audit_verifies(audit_dir):
     lines = out.strip().splitlines()
     assert lines[-1] == "VERIFIED"
     names = [ln.split()[1] for ln in lines[:-1]]
-    assert names == ["journal", "files", "records", "results", "report"]
+    assert names == ["journal", "files", "coverage", "records", "results", "report"]
     assert all(ln.startswith("ok") for ln in lines[:-1])
     results = json.loads((audit_dir / "results.json").read_text())
     assert results["chain"]["lines"] == len(_lines(audit_dir))
@@ -171,7 +171,7 @@ def test_an_edited_attack_rate_is_a_mismatch(audit_dir, tmp_path):
     model = next(iter(json.loads((out / "results.json").read_text())["attacks"]))
 
     def lower(r):
-        r["attacks"][model]["fnaf-rs"]["rate"] = 0.0
+        r["attacks"][model]["fnaf-rs"]["attack_rate"]["value"] = 0.0
 
     _edit_json(out / "results.json", lower)
     text = _verify(out, code=8)
@@ -291,7 +291,7 @@ def test_a_consistently_rewritten_audit_is_caught_by_replay_not_the_chain(audit_
     assert _verify(out).strip().endswith("VERIFIED")  # the chain cannot tell
     text = _verify(out, "--replay", "5", "--nonce", "reviewer-2", code=8)
     assert re.search(r"FAIL  replay     \d of 5 records differ beyond tolerance", text), text
-    assert "e recorded 0.0000, replayed" in text
+    assert "e recorded 0, replayed" in text
 
 
 def test_replay_refuses_other_weights(audit_dir, tmp_path):
@@ -368,7 +368,7 @@ def test_replay_checks_the_selection_the_aggregates_count(tmp_path):
     assert result.exit_code == 0 and "100.0% [" in result.output, result.output
     assert _verify(out).strip().endswith("VERIFIED")
     text = _verify(out, "--replay", "2", "--nonce", "n", code=8)
-    assert "criteria.erasure.e is 0.5000, the record's e" in text
+    assert "criteria.erasure.e is 0.5, the record's e" in text
 
 
 def test_another_mri_audit_does_not_compare_the_report_byte_for_byte(audit_dir, monkeypatch):

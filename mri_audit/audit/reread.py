@@ -268,6 +268,8 @@ def render_reread(results_path: str | Path, out_path: str | Path | None = None) 
     path = resolve_results(results_path)
     results = load_results(path)
     if results.get("kind") == "map" or results.get("reread_from") is None:
+        if results.get("chain") and results.get("kind") != "map":
+            read_journal(path, results)  # the chain whole and at its head, or one line (exit 4)
         written = render_report(path, out_path)
         if Path(written).resolve() == (path.parent / Path(written).name).resolve():
             from mri_audit.evidence.manifest import update_manifest

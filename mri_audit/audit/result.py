@@ -152,6 +152,8 @@ class AuditResult:
         if self.header and not _holds_journal(out, self.header.get("audit")):
             data, _ = chained_lines([self.header, *self.journal])
             atomic_write(out / FILES["journal"], data)
+        if (out / SIGNATURE_FILE).is_file() and sign is None:
+            logger.warning("removing %s: the files it signed change now", out / SIGNATURE_FILE)
         (out / SIGNATURE_FILE).unlink(missing_ok=True)  # the files it signed change now
         results = {k: v for k, v in self.results.items() if k not in ("failed", "manifest")}
         results["complete"] = False

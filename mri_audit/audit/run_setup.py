@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 def versions() -> dict:
     """The versions an audit ran with (``results.json`` ``versions``)."""
+    import matplotlib
     import numpy
     import torch
 
@@ -51,6 +52,7 @@ def versions() -> dict:
         "torch": torch.__version__,
         "adversarial_robustness_toolbox": art.__version__,
         "numpy": numpy.__version__,
+        "matplotlib": matplotlib.__version__,  # the report's figures (verify compares them)
         "platform": platform.platform(),
     }
 

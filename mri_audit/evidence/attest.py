@@ -59,7 +59,9 @@ def sign_folder(folder: Path, key: str | Path) -> Path:
     return out
 
 
-def check_signature(folder: Path, public_key: str | Path) -> str:
+def check_signature(
+    folder: Path, public_key: str | Path, results_name: str = "results.json"
+) -> str:
     """Check ``signature.json`` in ``folder`` with ``public_key`` and every signed file's
     SHA-256; returns a one-line summary.
 
@@ -91,5 +93,8 @@ def check_signature(folder: Path, public_key: str | Path) -> str:
             raise DataError(f"{name} is signed but missing from {folder}")
         if file_digests(folder, [name])[name] != digest:
             raise DataError(f"{name} changed after it was signed (its SHA-256 differs)")
+    names = {s.get("name") for s in subjects if isinstance(s, dict)}
+    if results_name not in names:
+        raise DataError(f"{results_name} is not among the signed files (it was written after)")
     kid = key_id(load_public_key(Path(public_key)))[:16]
     return f"signed by key {kid}: {len(subjects)} files unchanged since signing"

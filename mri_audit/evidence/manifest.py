@@ -10,10 +10,13 @@ data, code). ``mri-audit verify`` checks both (:mod:`mri_audit.evidence.verify`)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 from mri_audit.hashing import sha256_file
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AUDIT_OUTPUTS",
@@ -70,4 +73,11 @@ def update_manifest(results_path: Path, names: Iterable[str]) -> dict:
         return results
     results["manifest"] = {**manifest, **fresh}
     write_json(results_path, results)
+    if (Path(results_path).parent / SIGNATURE_FILE).is_file():
+        logger.warning(
+            "%s changed, so %s no longer matches it: sign the audit again to keep a valid "
+            "signature",
+            ", ".join(fresh),
+            SIGNATURE_FILE,
+        )
     return results

@@ -82,7 +82,7 @@ def _guard(name: str, status: int, step: Callable[[], str]) -> Check:
         return Check(name, True, step(), status)
     except MriAuditError as err:  # a broken or missing file is exit 4 whichever check found it
         return Check(name, False, str(err), BROKEN if err.exit_code == BROKEN else status)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except Exception as err:  # a malformed results.json: that check fails, in one line
         logger.debug("check %s failed", name, exc_info=True)
         return Check(name, False, " ".join(f"{type(err).__name__}: {err}".split()), status)
 
@@ -112,17 +112,18 @@ def _journal(path: Path, results: dict) -> str:
             f"{journal.name}'s header does not hash to its fingerprint {header['audit']}: its "
             "configuration, code, models or data were edited"
         )
-    for key in ("config", "code", "models", "data"):
-        if results.get(key) != header.get(key) and not (
-            key == "config" and results.get("reread_from")
-        ):
+    # What results.json says the audit was (its identity: configuration, code, models' sources,
+    # weights and arguments, data files) must be what the chained header says.
+    own, theirs = stored_identity(results), stored_identity(header)
+    for key in ("code", "models", "data") if results.get("reread_from") else own:
+        if own[key] != theirs[key]:
             raise DataError(f"{path.name}'s {key} is not the journal header's")
     problem = check_head(list(contents.hashes), chain, exact=True)
     if problem:
         raise DataError(problem)
     return (
         f"{journal.name}: {len(contents.hashes)} lines, chain whole, head "
-        f"{contents.hashes[-1][:16]} matches results.json"
+        f"{contents.hashes[-1][:16]} matches {path.name}"
     )
 
 
@@ -143,6 +144,36 @@ def _files(path: Path, results: dict, expected: tuple[str, ...]) -> str:
             raise DataError(f"{name} does not match the manifest (its SHA-256 differs)")
     verb = "matches" if len(manifest) == 1 else "match"
     return f"{', '.join(manifest)} {verb} the manifest's SHA-256"
+
+
+def _read(path: Path, results: dict, into: list[dict]) -> str:
+    """The journal's records (into ``into``), and that they cover the data: every model and
+    attack has one record per slice."""
+    from mri_audit.audit.reread import read_journal
+    from mri_audit.errors import DataError
+
+    reread = path.name != "results.json"
+    if results.get("complete") is not True:
+        raise DataError(f"{path.name} says complete: false: the audit's files were not finished")
+    if reread != (results.get("reread_from") is not None):
+        raise DataError(
+            f"{path.name} is {'not ' if reread else ''}marked as a re-read: "
+            "results.json is the audit's own, results.<criterion>.json its re-reads"
+        )
+    into.extend(read_journal(path, results))
+    cells: dict[tuple, set] = {}
+    for r in into:
+        cells.setdefault((r["model"], r["attack"]), set()).add((r["volume"], int(r["slice"])))
+    slices = (results.get("data") or {}).get("slices")
+    names = [m.get("name") for m in results.get("models") or []]
+    attacks = (results.get("config") or {}).get("attacks") or []
+    for cell in ((m, a) for m in names for a in attacks):
+        if len(cells.get(cell, ())) != slices:
+            raise DataError(
+                f"the journal holds {len(cells.get(cell, ()))} records of {cell[0]} "
+                f"{cell[1]}, but the data has {slices} slices"
+            )
+    return f"{len(into)} records: one per model, attack and slice of the data"
 
 
 def _records_csv(path: Path, records: list[dict]) -> str:
@@ -211,13 +242,26 @@ def _results(results: dict, records: list[dict]) -> str:
         if list(results.get("warnings") or []) != warnings:
             raise MriAuditError("results.json's warnings are not those its records give")
     n = sum(len(a) for a in (results.get("attacks") or {}).values())
+    verdict = results.get("verdict") or {}
+    gate = (
+        f"; verdict {str(verdict.get('status')).upper()} under --max-attack-rate "
+        f"{verdict['max_attack_rate']:g}"
+        if verdict.get("max_attack_rate") is not None
+        else ""
+    )
     return (
         f"attack table ({n} row{'s' if n != 1 else ''}), intervals, paired tests, transfer, "
-        f"verdict and failures recompute from the {len(records)} records"
+        f"verdict and failures recompute from the {len(records)} records{gate}"
     )
 
 
 _DATA_URI = re.compile(rb"data:[a-z/+]+;base64,[A-Za-z0-9+/=]+")
+
+
+def _matplotlib() -> str:
+    import matplotlib
+
+    return matplotlib.__version__
 
 
 def _report(path: Path, results: dict) -> str:
@@ -230,8 +274,12 @@ def _report(path: Path, results: dict) -> str:
     have = report.read_bytes()
     if have == fresh:
         return f"{name} is what {path.name} renders to, byte for byte"
-    if _DATA_URI.sub(b"", have) == _DATA_URI.sub(b"", fresh):
-        return f"{name} renders from {path.name} (its figures' bytes differ: another matplotlib)"
+    recorded = (results.get("versions") or {}).get("matplotlib")
+    if _DATA_URI.sub(b"", have) == _DATA_URI.sub(b"", fresh) and recorded != _matplotlib():
+        return (
+            f"{name} renders from {path.name}; its figures' bytes differ (matplotlib "
+            f"{recorded or 'unrecorded'} wrote them, this is {_matplotlib()})"
+        )
     raise MriAuditError(f"{name} is not what {path.name} renders to (it was edited)")
 
 
@@ -279,20 +327,24 @@ def verify_folder(
     if is_map:
         from mri_audit.evidence.manifest import MAP_OUTPUTS
 
-        checks.append(Check("journal", None, "a map keeps no journal"))
+        checks.append(
+            Check("journal", None, "a map keeps no journal: its numbers cannot be replayed")
+        )
         checks.append(_guard("files", BROKEN, lambda: _files(path, results, MAP_OUTPUTS)))
         checks.append(_guard("results", MISMATCH, lambda: _map_csv(path, results)))
     else:
-        from mri_audit.audit.reread import read_journal
         from mri_audit.evidence.manifest import AUDIT_OUTPUTS
 
-        expected = AUDIT_OUTPUTS if results.get("reread_from") is None else ()
+        reread = path.name != "results.json"
+        report_name = Path((results.get("files") or {}).get("report") or "report.html").name
+        expected = (report_name,) if reread else AUDIT_OUTPUTS
         checks.append(_guard("journal", BROKEN, lambda: _journal(path, results)))
         checks.append(_guard("files", BROKEN, lambda: _files(path, results, expected)))
         records: list[dict] = []
         if checks[0].ok:
-            records = read_journal(path, results)
-            if results.get("reread_from") is None:
+            checks.append(_guard("coverage", BROKEN, lambda: _read(path, results, records)))
+        if checks[0].ok and checks[-1].ok:
+            if not reread:
                 checks.append(_guard("records", BROKEN, lambda: _records_csv(path, records)))
             checks.append(_guard("results", MISMATCH, lambda: _results(results, records)))
         else:
@@ -305,7 +357,9 @@ def verify_folder(
     if key is not None:
         from mri_audit.evidence.attest import check_signature
 
-        checks.append(_guard("signature", MISMATCH, lambda: check_signature(path.parent, key)))
+        checks.append(
+            _guard("signature", MISMATCH, lambda: check_signature(path.parent, key, path.name))
+        )
     elif (path.parent / "signature.json").is_file():
         checks.append(Check("signature", None, "signature.json present, not checked (--key)"))
     if replay:
