@@ -160,14 +160,16 @@ def _stop_in_epoch(mp: pytest.MonkeyPatch, epoch: int) -> None:
 
 def _audit_returns(mp: pytest.MonkeyPatch, what) -> None:
     """Replace the before/after audit (its own rows are tested elsewhere)."""
-    from mri_audit.cli import harden_impl
+    from types import SimpleNamespace
+
+    from mri_audit.harden import session
 
     def audit(*args, **kwargs):
         if isinstance(what, type):
             raise what
-        return what
+        return SimpleNamespace(exit_code=what, out=None, results=None)
 
-    mp.setattr(harden_impl, "_audit", audit)
+    mp.setattr(session, "before_after_audit", audit)
 
 
 @pytest.fixture(scope="module")

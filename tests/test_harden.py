@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -36,6 +37,10 @@ NET = textwrap.dedent("""
         def forward(self, x):
             return x + self.head(torch.relu(self.body(x)))
 """)
+
+
+# What a before/after audit that passed returns, where a test replaces that audit.
+PASSED_AUDIT = SimpleNamespace(exit_code=0, out=None, results=None)
 
 
 def _model(freeze_head=False):
@@ -212,13 +217,13 @@ def test_success_removes_the_checkpoint_and_a_resume_says_the_run_finished(tmp_p
 
 @pytest.mark.parametrize("how", ["ctrl-c", "error"])
 def test_a_stopped_before_after_audit_keeps_the_checkpoint(tmp_path, harden_dir, monkeypatch, how):
-    from mri_audit.cli import harden_impl
     from mri_audit.errors import OutputError
+    from mri_audit.harden import session
 
     def audit(*args, **kwargs):
         raise KeyboardInterrupt if how == "ctrl-c" else OutputError("cannot write the audit")
 
-    monkeypatch.setattr(harden_impl, "_audit", audit)
+    monkeypatch.setattr(session, "before_after_audit", audit)
     args = [a for a in _cli_args(tmp_path, harden_dir) if a != "--no-report"]
     result = CliRunner().invoke(cli, args)
     ckpt = tmp_path / "robust.pt.ckpt"
@@ -233,7 +238,7 @@ def test_a_stopped_before_after_audit_keeps_the_checkpoint(tmp_path, harden_dir,
         )
     else:
         assert result.exit_code == 7 and last == "Error: cannot write the audit", result.output
-    monkeypatch.setattr(harden_impl, "_audit", lambda *a, **k: 0)
+    monkeypatch.setattr(session, "before_after_audit", lambda *a, **k: PASSED_AUDIT)
     resumed = CliRunner().invoke(cli, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
     _each_once(resumed.output, "start", "epoch 1")
@@ -465,7 +470,7 @@ def test_cli_interpolate_prints_and_records_the_blends(tmp_path, harden_dir):
 def test_card_gets_the_before_after_audit_and_sha256(tmp_path):
     import hashlib
 
-    from mri_audit.cli.harden_impl import add_audit_to_card
+    from mri_audit.harden.outputs import add_audit_to_card
 
     out = tmp_path / "w.pt"
     out.write_bytes(b"weights")

@@ -379,8 +379,8 @@ def test_weights_file_copied_intact_loads(tmp_path: Path) -> None:
 
 
 def test_a_damaged_harden_checkpoint_is_refused_before_resuming(tmp_path: Path) -> None:
-    from mri_audit.cli.harden_resume import checkpoint_identity
     from mri_audit.errors import ModelError
+    from mri_audit.harden.resume import checkpoint_identity
 
     ckpt = tmp_path / "robust.pt.ckpt"
     state = {"format": "mri-audit-harden-1", "model": _net().state_dict(), "identity": {}}

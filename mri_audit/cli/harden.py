@@ -1,4 +1,5 @@
-"""``mri-audit harden``: FNAF-robust fine-tuning, then a before/after audit."""
+"""``mri-audit harden``: the options into one :func:`mri_audit.harden` call, then its lines on the
+console (each validation, the kept weights, the before/after audit's table)."""
 
 from __future__ import annotations
 
@@ -8,46 +9,7 @@ from pathlib import Path
 import click
 
 from mri_audit.cli.settings import checked, config_option, setting_options
-from mri_audit.errors import ModelError, UsageError
 from mri_audit.settings import HARDEN
-
-
-def check_out(out: Path, *, resume: bool) -> None:
-    """Refuse an ``--out`` that a run would overwrite, or a ``--resume`` with nothing to resume.
-
-    A successful run removes its checkpoint ``<out>.ckpt`` (unless ``--keep-checkpoint``), so
-    kept weights without a checkpoint are a finished run: neither a new run nor ``--resume``
-    may write over them.
-
-    Args:
-        out: the ``--out`` weights file.
-        resume: whether ``--resume`` was given.
-
-    Raises:
-        UsageError: ``out`` exists and the run would overwrite it, or cannot resume it (exit 2).
-    """
-    checkpoint = out.with_suffix(out.suffix + ".ckpt")
-    if not out.exists() or (resume and checkpoint.exists()):
-        return
-    if checkpoint.exists():
-        raise UsageError(
-            f"{out} and its checkpoint exist; use --resume to continue, or another --out"
-        )
-    card = out.with_suffix(out.suffix + ".json")
-    finished = f"{out} holds the kept weights of a finished harden run (card {card.name})"
-    if resume and card.exists():
-        raise UsageError(
-            f"nothing to resume: {finished}, whose checkpoint was removed when it succeeded "
-            "(--keep-checkpoint keeps it); use another --out to train again"
-        )
-    if resume:
-        raise UsageError(
-            f"nothing to resume: {out} exists but its checkpoint {checkpoint.name} does not; "
-            f"use another --out to train again (or remove {out})"
-        )
-    if card.exists():
-        raise UsageError(f"{finished}; use another --out to train again")
-    raise UsageError(f"{out} exists; harden does not overwrite it: use another --out, or remove it")
 
 
 @click.command("harden")
@@ -65,26 +27,62 @@ def harden(**opts) -> None:
     before/after audit then reports other held-out slices (--val-data), never the ones the
     weights were chosen on.
     """
-    from mri_audit.cli.harden_impl import execute
+    import mri_audit
+    from mri_audit.audit.api import AuditInterrupted
+    from mri_audit.cli import EXIT_INTERRUPTED, on_interrupt
+    from mri_audit.cli.run_impl import show_result
 
     opts = checked(HARDEN, opts)
-    steps = opts["feature_steps_range"]
-    opts["feature_steps_range"] = steps if isinstance(steps, tuple) else (steps, steps)
-    out = Path(opts["out"])
-    check_out(out, resume=opts["resume"])
-    if opts["weights"] and Path(opts["weights"]).resolve() == out.resolve():
-        raise UsageError("--out must differ from --weights (the original is kept)")
-    report_out = Path(opts["report_out"] or f"{out}.audit")
-    if not opts["no_report"] and report_out.resolve() == out.parent.resolve():
-        raise UsageError(
-            f"--report-out {report_out} is the folder --out is written in; the before/after "
-            "audit needs a folder of its own (default: <out>.audit)"
-        )
+    kwargs = {s.name: opts[s.dest] for s in HARDEN if s.cli}
     try:
-        code = execute(opts, command_line=[Path(sys.argv[0]).name, *sys.argv[1:]])
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    except ModelError:
-        raise
-    if code:
-        sys.exit(code)
+        result = mri_audit.harden(
+            kwargs.pop("model"),
+            **kwargs,
+            progress=True,
+            command_line=[Path(sys.argv[0]).name, *sys.argv[1:]],
+            on_epoch=lambda entry: click.echo(epoch_line(entry)),
+            on_trained=_trained,
+            on_stage=on_interrupt,
+        )
+    except AuditInterrupted:  # during the before/after audit: the card and checkpoint stay
+        sys.exit(EXIT_INTERRUPTED)
+    if result.audit is not None:
+        show_result(result.audit)
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
+def _trained(result) -> None:
+    """The kept weights, once trained; then where the before/after audit goes."""
+    note = (
+        " (nothing kept SSIM and NMSE within tolerance: last epoch written)"
+        if result.fallback
+        else ""
+    )
+    click.echo(f"kept {_describe(result.best)} -> {result.out}{note} ({result.seconds:.0f} s)")
+    if result.report_out is not None:
+        click.echo(f"before/after audit on the validation data -> {result.report_out}/")
+
+
+def epoch_line(entry: dict) -> str:
+    """The line of one validated epoch, blend or the start (printed once, as it is done)."""
+    loss = f"  train loss {entry['train_loss']:.4f}" if "train_loss" in entry else ""
+    return (
+        f"{_label(entry):<11} SSIM {entry['ssim']:.4f}  NMSE {entry['nmse']:.5f}  "
+        f"fnaf-rs attack rate {entry['attack_rate']:.1%}{loss}"
+    )
+
+
+def _label(entry: dict) -> str:
+    """``start``, ``epoch 3`` or ``blend 0.60`` (a WiSE-FT blend of start and final weights)."""
+    if "alpha" in entry:
+        return f"blend {entry['alpha']:.2f}"
+    return "start" if entry["epoch"] == 0 else f"epoch {entry['epoch']}"
+
+
+def _describe(best: dict) -> str:
+    """The kept weights in words."""
+    if "alpha" in best:
+        a = best["alpha"]
+        return f"the blend {1 - a:.2f}*start + {a:.2f}*epoch {best['epoch']}"
+    return f"epoch {best['epoch']}"

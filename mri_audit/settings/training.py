@@ -1,4 +1,5 @@
-"""The settings of ``mri-audit harden`` (robust fine-tuning), described once."""
+"""The settings of ``mri-audit harden`` (robust fine-tuning), described once: its flags and
+the keyword arguments of :func:`mri_audit.harden` (``progress`` is the library's only)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from mri_audit.settings.catalog import (
     MAX_SLICES,
     MAX_VOLUMES,
     MODEL_SETTINGS,
+    PROGRESS,
     SEED,
     reported,
 )
@@ -149,4 +151,5 @@ HARDEN: tuple[Setting, ...] = (
     replace(MAX_VOLUMES, help="Train on at most N volumes (the held-out volumes are all used)."),
     replace(MAX_SLICES, help="Use at most N central slices per volume (training and held-out)."),
     DEVICE,
+    replace(PROGRESS, help="Progress bars for the epochs and the before/after audit."),
 )

@@ -39,31 +39,30 @@ def _data_identity(dataset) -> dict[str, Any]:
     return described
 
 
-def harden_identity(opts: Mapping[str, Any], opened, train, select) -> dict[str, Any]:
+def harden_identity(c: Mapping[str, Any], opened, train, select) -> dict[str, Any]:
     """The identity of a ``harden`` run, stored in its checkpoint.
 
     Call it after the model is loaded (its sources are the modules it loaded) and, without
-    ``--weights``, after the starting weights are final.
+    ``weights``, after the starting weights are final.
 
     Args:
-        opts: the command's parsed options.
+        c: the run's checked settings (by name; ``model_args`` as the constructor's dict).
         opened: the :class:`~mri_audit.models.opening.OpenedModel`.
         train: the training dataset.
         select: the held-out dataset the kept weights are chosen on.
     """
     from mri_audit.audit.identity import model_sources
     from mri_audit.hashing import sha256_file, state_sha256
-    from mri_audit.models.loading import parse_model_args
 
     loaded, est = opened.loaded, opened.estimator
     src = loaded.source_path
     files = getattr(loaded, "sources", None) or ([src] if src else [])
-    weights = opts.get("weights")
+    weights = c.get("weights")
     return {
         "model": {
-            "spec": opts["model_spec"],
+            "spec": c["model"],
             "sources": model_sources(files, Path(src).parent if src else Path.cwd()),
-            "model_args": {k: repr(v) for k, v in parse_model_args(opts["model_args"]).items()},
+            "model_args": {k: repr(v) for k, v in dict(c["model_args"]).items()},
             "input": est.input_domain,
             "normalize": est.normalize,
         },

@@ -1,4 +1,4 @@
-"""What ``mri-audit harden`` cannot train, refused in one line before any training."""
+"""What ``harden`` cannot train, refused in one line before any training."""
 
 from __future__ import annotations
 
