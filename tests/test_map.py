@@ -30,7 +30,7 @@ from mri_audit.models.estimator import Reconstructor
 from mri_audit.mri.physics import make_mask_func
 from mri_audit.report.html import render_report
 from tests.report_fixture import build_audit_folder
-from tests.test_report import CHECKER, _chromium, data_uris
+from tests.test_report import CHECKER, _chromium, data_uris, headless
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -432,15 +432,7 @@ def test_map_report_in_headless_chromium(cli_map, tmp_path):
     page.write_text(checked.replace("<head>", "<head>\n" + CHECKER, 1), encoding="utf-8")
     run = subprocess.run(
         [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
+            *headless(chromium, tmp_path),
             "--virtual-time-budget=10000",
             "--window-size=900,1200",
             "--dump-dom",

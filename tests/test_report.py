@@ -301,6 +301,22 @@ def test_cli_bad_results(tmp_path, content, message):
     assert not (tmp_path / "report.html").exists()
 
 
+def headless(chromium: str, tmp_path) -> list[str]:
+    """Headless Chromium's command with a profile of its own and nothing reaching a network
+    (shared by the browser and print tests)."""
+    return [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -329,17 +345,7 @@ def test_report_in_headless_chromium(audit, tmp_path):
     checked = checked.replace("<head>", "<head>\n" + CHECKER, 1)
     page = tmp_path / "checked.html"
     page.write_text(checked, encoding="utf-8")
-    base = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
+    base = headless(chromium, tmp_path)
     run = subprocess.run(
         [
             *base,

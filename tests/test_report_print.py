@@ -32,7 +32,7 @@ from pypdf.generic import ContentStream, IndirectObject
 from mri_audit.cli import cli
 from mri_audit.report.html import build_context, load_audit, render_html, render_report
 from tests.report_fixture import build_audit_folder
-from tests.test_report import _chromium
+from tests.test_report import _chromium, headless
 
 pytestmark = pytest.mark.browser
 
@@ -53,15 +53,7 @@ def _print(chromium: str, html: Path, tmp_path: Path) -> PdfReader:
     pdf = html.with_suffix(".pdf")
     run = subprocess.run(
         [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
+            *headless(chromium, tmp_path),
             "--no-pdf-header-footer",
             f"--print-to-pdf={pdf}",
             html.as_uri(),

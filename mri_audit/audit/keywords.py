@@ -19,7 +19,7 @@ from mri_audit.errors import UsageError
 from mri_audit.models.entries import ModelEntry
 from mri_audit.settings import RUN, check_settings, shown
 
-__all__ = ["KEYWORDS", "SETTINGS", "check_keywords", "model_entry"]
+__all__ = ["KEYWORDS", "SETTINGS", "check_keywords", "check_model_args", "model_entry"]
 
 KEYWORDS = frozenset(s.name for s in RUN if s.api) - {"model"}
 SETTINGS = (
@@ -48,6 +48,23 @@ def model_entry(
     )
 
 
+def check_model_args(model_args: Any) -> None:
+    """``model_args``: a dict ``{"key": value}`` or a list of ``"key=value"`` strings.
+
+    Raises:
+        UsageError: anything else, as one line.
+    """
+    if (
+        isinstance(model_args, str)
+        or not isinstance(model_args, (Mapping, Sequence))
+        or (not isinstance(model_args, Mapping) and not all(isinstance(a, str) for a in model_args))
+    ):
+        raise UsageError(
+            "model_args must be a dict {'key': value} or a list of 'key=value' strings, got "
+            f"{shown(model_args)}"
+        )
+
+
 def check_keywords(values: dict[str, Any], model_args: Any, compare: Any, attack_options: Any):
     """The keyword arguments of :func:`audit` checked as the CLI's flags are (one
     :class:`UsageError` line each), and the library-only ones by their type.
@@ -66,15 +83,7 @@ def check_keywords(values: dict[str, Any], model_args: Any, compare: Any, attack
         compare = [compare]
     elif not isinstance(compare, Sequence):
         raise UsageError(f"compare must be a list of models, got {shown(compare)}")
-    if (
-        isinstance(model_args, str)
-        or not isinstance(model_args, (Mapping, Sequence))
-        or (not isinstance(model_args, Mapping) and not all(isinstance(a, str) for a in model_args))
-    ):
-        raise UsageError(
-            "model_args must be a dict {'key': value} or a list of 'key=value' strings, got "
-            f"{shown(model_args)}"
-        )
+    check_model_args(model_args)
     options = attack_options or {}
     if not isinstance(options, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Mapping) for k, v in options.items()

@@ -9,7 +9,7 @@ are checked by their type here.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from mri_audit.errors import UsageError
@@ -34,15 +34,9 @@ def _spec(model: Any) -> str:
 def _model_args(spec: str, model_args: Any) -> dict[str, Any]:
     """The constructor's keyword arguments: ``["k=v"]`` parsed as ``--model-arg`` values are,
     or a dict as it is."""
-    if (
-        isinstance(model_args, str)
-        or not isinstance(model_args, (Mapping, Sequence))
-        or (not isinstance(model_args, Mapping) and not all(isinstance(a, str) for a in model_args))
-    ):
-        raise UsageError(
-            "model_args must be a dict {'key': value} or a list of 'key=value' strings, got "
-            f"{shown(model_args)}"
-        )
+    from mri_audit.audit.keywords import check_model_args
+
+    check_model_args(model_args)
     if isinstance(model_args, Mapping):
         bad = [k for k in model_args if not (isinstance(k, str) and k.isidentifier())]
         if bad:
