@@ -237,6 +237,8 @@ def test_doctored_journals_are_refused_or_resume_identically(
     outcomes = []
     for trial in range(10):
         op, lines = _doctor(pristine, foreign, rng)
+        if trial == 0:  # a crash's torn last line: the one damage a resume mends
+            op, lines = "tear", [*pristine[:-1], pristine[-1][: len(pristine[-1]) // 2]]
         out = tmp_path / f"t{trial}"
         shutil.copytree(finished / "audit", out)
         (out / "records.jsonl").write_text("".join(lines))
