@@ -670,7 +670,7 @@ def test_reread_real_audit_equals_fresh_audit(tmp_path):
     _one_error(
         runner.invoke(cli, ["report", str(tmp_path / "erasure"), "--criterion", "x"]),
         2,
-        "unknown criterion",
+        "--criterion must be one of 'erasure', 'recovery', 'paper', got 'x'",
     )
 
 
