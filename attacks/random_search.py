@@ -32,6 +32,7 @@ class RandomSearch(FnafAttack):
     """
 
     name = "fnaf-rs"
+    budget_unit = "candidates"  # candidate k is the k-th draw: the budget curve is exact
 
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
         # The same search with the same settings on the same slices is done once per engine

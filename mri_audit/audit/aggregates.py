@@ -163,7 +163,35 @@ def _attack(rows: Sequence[dict], criterion: Criterion | None = None) -> dict:
         "ip_distance": _summary(r.get("ip") for r in found),
     }
     out.update({q: _summary(r.get(q) for r in found) for q in QUANTITIES if q != "ip"})
+    curve = _budget(rows, criterion.name if criterion else out["criterion"])
+    if curve is not None:
+        out["budget"] = curve
     return out
+
+
+def _budget(rows: Sequence[dict], name: str) -> dict | None:
+    """The attack rate at every smaller budget (``mri_audit.fnaf.budget``), with clustered
+    intervals, and whether the last doubling of the budget still raised it."""
+    from mri_audit.fnaf.budget import DOUBLING_RISE
+
+    curves = [(r.get("budget") or {}).get(name) for r in rows]
+    if not curves or any(not c for c in curves):
+        return None
+    top = max(len(c) for c in curves)
+    volumes = [r["volume"] for r in rows]
+    rates = [
+        clustered_rate([bool(c[min(k, len(c)) - 1]) for c in curves], volumes)
+        for k in range(1, top + 1)
+    ]
+    half = max(1, top // 2)
+    rise = rates[-1]["value"] - rates[half - 1]["value"]
+    return {
+        "unit": "candidates",
+        "k": list(range(1, top + 1)),
+        "rate": [{k: r[k] for k in ("value", "low", "high")} for r in rates],
+        "last_doubling": {"from": half, "to": top, "rise": rise},
+        "converged": top < 2 or rise <= DOUBLING_RISE,
+    }
 
 
 def _transfer(records: Sequence[dict]) -> dict:

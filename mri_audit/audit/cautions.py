@@ -118,6 +118,17 @@ def audit_warnings(
                 out.append(
                     f"{name}'s weights were trained on {size}x{size} images; this data is {seen}"
                 )
+    for name, by_attack in attacks.items():
+        for attack, agg in by_attack.items():
+            curve = agg.get("budget") if isinstance(agg, dict) else None
+            if curve and not curve.get("converged", True):
+                step = curve["last_doubling"]
+                out.append(
+                    f"{attack} on {name}: the attack rate still rose by "
+                    f"{100 * step['rise']:.0f} points over the last doubling of its budget "
+                    f"({step['from']} to {step['to']} {curve['unit']}): it is a lower bound "
+                    "that a stronger attack would raise"
+                )
     if max_attack_rate is not None:
         primary = models[0]["name"] if models else None
         totals = [

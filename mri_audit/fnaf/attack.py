@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import torch
 
+from mri_audit.fnaf.budget import budget_hits
 from mri_audit.fnaf.criteria import CRITERIA, DEFAULT_CRITERION, QUANTITIES, Criterion, all_criteria
 from mri_audit.fnaf.engine import FnafEngine, Scores, select_best
 from mri_audit.fnaf.features import (
@@ -77,6 +78,7 @@ class AttackResult(NamedTuple):
     evaluated: torch.Tensor
     accepted: torch.Tensor
     picks: dict[str, Pick]
+    budget: dict[str, torch.Tensor] | None = None  # mri_audit.fnaf.budget.budget_hits
 
     def __getattr__(self, name):  # r, r0, e, loss, ... of the selected candidate
         if name in Scores._fields:
@@ -109,6 +111,7 @@ class FnafAttack(EvasionAttack):
     name = "fnaf"
     kind = "fnaf"
     needs_gradients = False
+    budget_unit: str | None = None  # "candidates": _search returns them in evaluation order
     attack_params = EvasionAttack.attack_params + [
         "candidates",
         "feature_steps",
@@ -273,6 +276,9 @@ class FnafAttack(EvasionAttack):
             self.estimator.cropping(ctx.target_shape),  # this batch's target size
         ):
             features, scores = self._search(ctx, engine)
+            budget = self.budget_unit and budget_hits(
+                self.criteria, features.slice_index, scores, ctx.num_slices
+            )
             counts = None
             if self.estimator.call.stochastic:  # the picks re-scored on fresh noise
                 features, scores, counts = self._rescore(
@@ -282,7 +288,7 @@ class FnafAttack(EvasionAttack):
                 features, scores, counts = self._rescore(
                     ctx, engine.full_precision(), features, scores, top=2
                 )
-        return self._finish(ctx, features, scores, counts)
+        return self._finish(ctx, features, scores, counts)._replace(budget=budget or None)
 
     def _rescore(self, ctx: SliceContext, engine: FnafEngine, features, scores, *, top: int):
         """The search finds the candidates; the reported scores come from ``engine``.

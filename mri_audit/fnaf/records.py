@@ -57,6 +57,7 @@ def result_records(ctx: SliceContext, result: AttackResult) -> list[dict]:
     hit, control = result.hit.tolist(), result.control.tolist()
     control_hit, evaluated = result.control_hit.tolist(), result.evaluated.tolist()
     encoded = encode_features(result.features)
+    budget = {n: h.tolist() for n, h in (result.budget or {}).items()}
     records = []
     for i, (volume, slice_idx) in enumerate(zip(ctx.volumes, ctx.slices.tolist(), strict=True)):
         found = bool(main["found"][i])
@@ -86,5 +87,7 @@ def result_records(ctx: SliceContext, result: AttackResult) -> list[dict]:
             }
             for name, p in picks.items()
         }
+        if result.budget:  # whether the best of the first k candidates is a hit, k = 1…K
+            rec["budget"] = {n: [int(h) for h in hits[i]] for n, hits in budget.items()}
         records.append(rec)
     return records

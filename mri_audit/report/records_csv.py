@@ -30,7 +30,7 @@ def records_frame(records: Sequence[dict]) -> pd.DataFrame:
     """One row per (slice, model, attack); transfer replays become ``transfer_*:<model>``."""
     rows = []
     for r in records:
-        row = {k: v for k, v in r.items() if k not in ("transfer", "feature", "criteria")}
+        row = {k: v for k, v in r.items() if k not in ("transfer", "feature", "criteria", "budget")}
         row["feature"] = json.dumps(r.get("feature")) if r.get("feature") else ""
         for target, replay in (r.get("transfer") or {}).items():
             row[f"transfer_hit:{target}"] = None if replay is None else bool(replay["hit"])
