@@ -15,7 +15,14 @@ import numpy as np
 
 from mri_audit.fnaf.criteria import Criterion, make_criterion
 
-__all__ = ["THRESHOLD", "per_volume", "rate_curve", "threshold_grid", "curve_figures"]
+__all__ = [
+    "THRESHOLD",
+    "budget_figure",
+    "curve_figures",
+    "per_volume",
+    "rate_curve",
+    "threshold_grid",
+]
 
 # Per criterion: the threshold parameter, and whether a hit is score >= t (else r < t).
 THRESHOLD = {"erasure": "margin", "recovery": "min_recovery", "paper": "threshold"}
@@ -149,3 +156,41 @@ def curve_figures(
         ),
         "ecdf": score_figures.recovery_ecdfs(ecdfs, guides=guides),
     }
+
+
+def budget_figure(results: dict, names: list[str]) -> str | None:
+    """The attack rate against the attack's budget (``mri_audit.fnaf.budget``), one panel per
+    attack that records it, one line per model with its 95% band; None when none does."""
+    from mri_audit.report.figures import PALETTE, STYLE, _figure, _grid, _png
+
+    panels: dict[str, dict] = {}
+    for model in names:
+        for attack, agg in ((results.get("attacks") or {}).get(model) or {}).items():
+            curve = agg.get("budget") if isinstance(agg, dict) else None
+            if curve and len(curve.get("k") or ()) > 1:
+                panels.setdefault(attack, {})[model] = curve
+    if not panels:
+        return None
+    import matplotlib
+    import matplotlib.ticker
+
+    with matplotlib.rc_context(STYLE):
+        fig = _figure(3.6 * min(len(panels), 3), 2.8 * -(-len(panels) // 3))
+        for ax, (attack, curves) in zip(_grid(fig, len(panels), 3), panels.items(), strict=True):
+            for model, curve in curves.items():
+                color = PALETTE[names.index(model) % len(PALETTE)] if model in names else None
+                k = np.asarray(curve["k"])
+                rate = np.asarray([r["value"] for r in curve["rate"]], dtype=float)
+                low = np.asarray([r["low"] for r in curve["rate"]], dtype=float)
+                high = np.asarray([r["high"] for r in curve["rate"]], dtype=float)
+                ax.fill_between(k, low, high, color=color, alpha=0.15, linewidth=0)
+                style = "-" if curve.get("converged", True) else "--"
+                ax.plot(k, rate, style, color=color, label=model, marker="o", markersize=3)
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel(next(iter(curves.values()))["unit"])
+            ax.set_ylabel("attack rate")
+            ax.set_title(attack)
+            ax.legend(loc="lower right")
+        return _png(fig)

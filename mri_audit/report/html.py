@@ -281,6 +281,9 @@ def build_context(audit: AuditInputs) -> dict:
     figs = dict.fromkeys(("heatmap", "histogram", "scatter", "curves", "ecdf", "volumes"))
     if audit.records is not None:
         figs |= record_figures(audit)
+    from mri_audit.report.curves import budget_figure
+
+    figs["budget"] = budget_figure(r, names)
     if len(names) > 1:
         transfer_tables, transfer_fig = transfer_section(r, names)
     else:
