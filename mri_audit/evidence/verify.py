@@ -176,11 +176,11 @@ def _read(path: Path, results: dict, into: list[dict]) -> str:
     return f"{len(into)} records: one per model, attack and slice of the data"
 
 
-def _records_csv(path: Path, records: list[dict]) -> str:
+def _records_csv(path: Path, results: dict, records: list[dict]) -> str:
     from mri_audit.errors import DataError
     from mri_audit.report.records_csv import records_csv_text
 
-    name = (json.loads(path.read_text(encoding="utf-8")).get("files") or {}).get("records")
+    name = (results.get("files") or {}).get("records")
     csv = path.parent / (name or "records.csv")
     rows = [{k: v for k, v in r.items() if k != "audit"} for r in records]
     want = records_csv_text(rows).splitlines()
@@ -345,7 +345,9 @@ def verify_folder(
             checks.append(_guard("coverage", BROKEN, lambda: _read(path, results, records)))
         if checks[0].ok and checks[-1].ok:
             if not reread:
-                checks.append(_guard("records", BROKEN, lambda: _records_csv(path, records)))
+                checks.append(
+                    _guard("records", BROKEN, lambda: _records_csv(path, results, records))
+                )
             checks.append(_guard("results", MISMATCH, lambda: _results(results, records)))
         else:
             checks.append(Check("results", False, "not checked: the journal is broken"))

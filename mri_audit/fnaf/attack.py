@@ -276,8 +276,11 @@ class FnafAttack(EvasionAttack):
             self.estimator.cropping(ctx.target_shape),  # this batch's target size
         ):
             features, scores = self._search(ctx, engine)
-            budget = self.budget_unit and budget_hits(
-                self.criteria, features.slice_index, scores, ctx.num_slices
+            # A stochastic model's search hits are not yet confirmed on fresh noise: no curve.
+            budget = (
+                self.budget_unit
+                and not self.estimator.call.stochastic
+                and budget_hits(self.criteria, features.slice_index, scores, ctx.num_slices)
             )
             counts = None
             if self.estimator.call.stochastic:  # the picks re-scored on fresh noise

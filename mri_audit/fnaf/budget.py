@@ -5,7 +5,8 @@ An attack whose search returns its candidates in evaluation order (``fnaf-rs``: 
 ``k`` of a slice is its ``k``-th draw, keyed by (seed, volume, slice, k)) gets, per slice and
 criterion, whether the best of its first ``k`` candidates is a hit, ``k = 1…K``: the audit's
 rate at budget ``k`` is then what ``--candidates k`` would report (the same draws). A stochastic
-model's curve uses the search's own samples (the final pick is confirmed on fresh noise).
+model records no curve: its search's hits are confirmed on fresh noise only for the final pick,
+so an unconfirmed curve could rise where the reported rate does not.
 """
 
 from __future__ import annotations

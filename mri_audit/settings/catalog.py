@@ -47,6 +47,15 @@ def needs_out(v: Mapping[str, Any]) -> str | None:
     return None if v.get("out") is not None else "continues the audit in out=, which is not given"
 
 
+def replay_on(reason: str):
+    """The rule of a ``verify`` option that only ``--replay`` uses."""
+
+    def rule(v: Mapping[str, Any]) -> str | None:
+        return None if v.get("replay") else reason
+
+    return rule
+
+
 def writes_out(v: Mapping[str, Any]) -> str | None:
     return None if v.get("out") is not None else "signs the files written to out=, not given"
 

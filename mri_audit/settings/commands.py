@@ -35,6 +35,7 @@ from mri_audit.settings.catalog import (
     line_shape,
     map_on,
     needs_out,
+    replay_on,
     shape_rule,
     writes_out,
 )
@@ -329,6 +330,8 @@ REPORT: tuple[Setting, ...] = (
     Setting("threshold", "float", low=0, help="paper: τ (default: the audit's)."),
 )
 
+FOR_REPLAY = replay_on("is for --replay; add --replay N")
+
 VERIFY: tuple[Setting, ...] = (
     Setting(
         "key",
@@ -351,9 +354,7 @@ VERIFY: tuple[Setting, ...] = (
         metavar="TEXT",
         help="Your text mixed into the choice of replayed records, so whoever ran the audit "
         "cannot predict them [default: a random one, printed].",
-        applies=lambda v: (
-            None if v.get("replay") else "chooses the replayed records; add --replay N"
-        ),
+        applies=replay_on("chooses the replayed records; add --replay N"),
     ),
     Setting(
         "models",
@@ -364,7 +365,7 @@ VERIFY: tuple[Setting, ...] = (
         metavar="SPEC",
         help="The audit's models again, in order, for --replay (default: as recorded); each "
         "must match the recorded source hash.",
-        applies=lambda v: None if v.get("replay") else "is for --replay; add --replay N",
+        applies=FOR_REPLAY,
     ),
     Setting(
         "weights",
@@ -374,14 +375,14 @@ VERIFY: tuple[Setting, ...] = (
         metavar="FILE",
         help="The models' weights again, in order, for --replay (default: as recorded); each "
         "must match the recorded SHA-256.",
-        applies=lambda v: None if v.get("replay") else "is for --replay; add --replay N",
+        applies=FOR_REPLAY,
     ),
     Setting(
         "data",
         "path",
         help="The audit's data again for --replay (default: as recorded); its files must match "
         "the recorded hashes.",
-        applies=lambda v: None if v.get("replay") else "is for --replay; add --replay N",
+        applies=FOR_REPLAY,
     ),
     DEVICE,
 )
