@@ -7,6 +7,7 @@ import numbers
 import torch
 
 from mri_audit.fnaf.attack import FnafAttack
+from mri_audit.fnaf.budget import BudgetTrace
 from mri_audit.fnaf.engine import FnafEngine, Scores
 from mri_audit.fnaf.features import FeatureBatch, SliceContext
 
@@ -34,6 +35,7 @@ class FiniteDifference(FnafAttack):
     """
 
     name = "fnaf-fd"
+    budget_unit = "evaluations"  # the best of the first k evaluations, in the order made
     attack_params = FnafAttack.attack_params + ["restarts", "h", "step"]
 
     def __init__(self, estimator, *, restarts: int = 1, h: int = 5, step: int = 5, **kwargs):
@@ -80,7 +82,7 @@ class FiniteDifference(FnafAttack):
         )
         return f.shifted(dr, dc)
 
-    def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
+    def _search(self, ctx: SliceContext, engine: FnafEngine):
         device = ctx.kspace.device
         budgets = self.budgets()
         b, r = ctx.num_slices, self.restarts
@@ -112,8 +114,12 @@ class FiniteDifference(FnafAttack):
         grad_c = torch.zeros_like(pos_c)
         moved_r = torch.zeros_like(pos_r)
         all_features, all_scores, numbers = [start], [scores], [first]
+        # Evaluation order: round by round, chain by chain (the active chains are a prefix).
+        costs, made = [chain + 1], r
         for k in range(1, max(budgets)):
             idx = (budget > k).nonzero().squeeze(1)
+            costs.append(made + chain[idx] + 1)
+            made += sum(b > k for b in budgets)
             phase = (k - 1) % 3
             hr = torch.where(pos_r + self.h <= r_max, self.h, -self.h)
             hc = torch.where(pos_c + self.h <= c_max, self.h, -self.h)
@@ -147,4 +153,7 @@ class FiniteDifference(FnafAttack):
         features = FeatureBatch.cat(all_features)
         number = features.slice_index * self.candidates + torch.cat(numbers)
         order = torch.argsort(number, stable=True)
-        return features.take(order), Scores.cat(all_scores).take(order)
+        features, scores = features.take(order), Scores.cat(all_scores).take(order)
+        cost = torch.cat(costs)[order]
+        trace = BudgetTrace("evaluations", features.slice_index, scores, cost, self.candidates)
+        return features, scores, trace

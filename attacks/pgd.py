@@ -7,6 +7,7 @@ import numbers
 import torch
 
 from attacks.random_search import RandomSearch
+from mri_audit.fnaf.budget import BudgetTrace
 from mri_audit.fnaf.engine import FnafEngine, Scores
 from mri_audit.fnaf.features import FeatureBatch, SliceContext
 from mri_audit.mri.metrics import ring4
@@ -32,6 +33,7 @@ class FnafPGD(RandomSearch):
 
     name = "fnaf-pgd"
     needs_gradients = True
+    budget_unit = "steps"  # the random start at step 0, then the best iterate after each step
     attack_params = RandomSearch.attack_params + ["steps", "step_size", "grow"]
 
     def __init__(
@@ -49,20 +51,27 @@ class FnafPGD(RandomSearch):
         if not isinstance(self.step_size, numbers.Real) or not self.step_size > 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size!r}")
 
-    def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
+    def _search(self, ctx: SliceContext, engine: FnafEngine):
         features, scores = super()._search(ctx, engine)
-        if self.steps == 0:
-            return features, scores
+        si = features.slice_index
+        parts = [(si, scores, torch.zeros_like(si))]  # step 0: the random candidates
+
+        def trace() -> BudgetTrace:
+            si, s, cost = zip(*parts, strict=True)
+            return BudgetTrace(
+                "steps", torch.cat(si), Scores.cat(list(s)), torch.cat(cost), self.steps
+            )
+
         start = self.select(ctx, features, scores)
         found = start.found.nonzero().squeeze(1)
-        if found.numel() == 0:
-            return features, scores
-        refined = self._ascend(ctx, engine, features.take(start.index[found]))
+        if self.steps == 0 or found.numel() == 0:
+            return features, scores, trace()
+        refined, history = self._ascend(ctx, engine, features.take(start.index[found]))
         final = engine.evaluate(ctx, refined)
-        return (
-            FeatureBatch.cat([features, refined]),
-            Scores.cat([scores, final]),
-        )
+        # The best iterate after each step (the last one as reported, from the final scores).
+        for step, best in enumerate([*history[1:-1], final], start=1):
+            parts.append((refined.slice_index, best, torch.full_like(refined.slice_index, step)))
+        return FeatureBatch.cat([features, refined]), Scores.cat([scores, final]), trace()
 
     def _grown(self, f: FeatureBatch) -> FeatureBatch:
         pad = torch.zeros(f.count, self.grow, dtype=torch.int64, device=f.rows.device)
@@ -74,7 +83,10 @@ class FnafPGD(RandomSearch):
             f.slice_index,
         )
 
-    def _ascend(self, ctx: SliceContext, engine: FnafEngine, f: FeatureBatch) -> FeatureBatch:
+    def _ascend(
+        self, ctx: SliceContext, engine: FnafEngine, f: FeatureBatch
+    ) -> tuple[FeatureBatch, list[Scores]]:
+        """The best admissible iterate, and the best iterate's quantities after each step."""
         rule = self.rule
         si = f.slice_index
         lo, hi = ctx.t_min[si, None], ctx.t_max[si, None]
@@ -86,6 +98,8 @@ class FnafPGD(RandomSearch):
         # The best iterate so far by the rounded score: a later one must beat it by a whole
         # resolution step (float noise never replaces the earlier, e.g. fnaf-rs's start).
         best_rank = torch.full((f.count,), -float("inf"), device=lo.device, dtype=torch.float64)
+        history: list[Scores] = []
+        best_q: Scores | None = None
         for it in range(self.steps + 1):
             values = f.values.detach().requires_grad_(True)
             probe = torch.zeros(f.count, h, w, device=lo.device, requires_grad=bool(self.grow))
@@ -102,6 +116,13 @@ class FnafPGD(RandomSearch):
                 ),
                 si,
             )
+            q = q.detach()
+            best_q = (
+                q
+                if best_q is None
+                else Scores(*(torch.where(better, n, o) for n, o in zip(q, best_q, strict=True)))
+            )
+            history.append(best_q)
             if it == self.steps:
                 break
             inputs = [values, probe] if self.grow else [values]
@@ -124,7 +145,7 @@ class FnafPGD(RandomSearch):
             f = f._replace(values=new_values)
             if self.grow and it < self.grow:
                 f = self._add_pixel(ctx, f, grads[1], slot=first_slot + it)
-        return best
+        return best, history
 
     def _add_pixel(
         self, ctx: SliceContext, f: FeatureBatch, grad: torch.Tensor, slot: int

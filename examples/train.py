@@ -342,11 +342,42 @@ def _criterion_words(cfg: dict) -> str:
     return cfg["criterion"]
 
 
+def _inner_words(cfg: dict[str, Any]) -> str:
+    """The training's inner maximisation in words (cards before ``inner_steps`` say ``inner``)."""
+    steps = cfg.get("inner_steps")
+    if steps is None:
+        return f"inner `{cfg.get('inner', 'random')}` with {cfg['candidates']} candidates"
+    words = (
+        f"inner fnaf-pgd, {steps} steps from the best of {cfg['candidates']} random candidates"
+        if steps
+        else f"inner random search, {cfg['candidates']} candidates"
+    )
+    if cfg.get("attack_fraction", 1.0) < 1:
+        words += f" on {cfg['attack_fraction']:.0%} of each batch"
+    if cfg.get("recovery"):
+        words += f", recovery term {cfg['recovery']:g}"
+    return words
+
+
+def _rates(entry: dict[str, Any]) -> str:
+    """An entry's rate cells: ``fnaf-rs | fnaf-pgd`` (older cards: ``fnaf-rs | n/a``)."""
+    if "pgd_rate" not in entry:
+        return f"{entry['attack_rate']:.1%} | n/a"
+    return f"{entry['rs_rate']:.1%} | {entry['pgd_rate']:.1%}"
+
+
 def _harden_section(name: str, card: dict[str, Any]) -> str:
     """The README section of a ``mri-audit harden`` card (``<weights>.json`` beside the weights)."""
     cfg, summary = card["config"], card["summary"]
     start, best = summary["start"], summary["best"]
     steps = cfg["steps"] if cfg["steps"] is not None else "one pass"
+    evaluation = card.get("evaluation_attack") or {}
+    pgd = evaluation.get("fnaf-pgd")
+    attacks = (
+        f"fnaf-rs and fnaf-pgd with {pgd['candidates']} candidates, fnaf-pgd {pgd['steps']} steps"
+        if pgd
+        else "fnaf-rs"
+    )
     lines = [
         f"## {name}",
         "",
@@ -354,32 +385,36 @@ def _harden_section(name: str, card: dict[str, Any]) -> str:
         "(FNAF-robust min-max fine-tuning)",
         f"- settings: {cfg['epochs']} epochs x {steps} steps x batch {cfg['batch_size']}, "
         f"Adam lr {cfg['lr']}, lambda {cfg['lam']}, feature steps "
-        f"{cfg['feature_steps'][0]}-{cfg['feature_steps'][1]}, inner `{cfg['inner']}` with "
-        f"{cfg['candidates']} candidates, {cfg['loss']} loss, seed {cfg['seed']}, "
-        f"{card['seconds'] / 60:.1f} min",
+        f"{cfg['feature_steps'][0]}-{cfg['feature_steps'][1]}, {_inner_words(cfg)}, "
+        f"{cfg['loss']} loss, seed {cfg['seed']}, {card['seconds'] / 60:.1f} min",
+        f"- validated with {attacks} ({_criterion_words(cfg)})",
         f"- command: `{card.get('command', 'mri-audit harden ...')}`",
         _kept_line(cfg, best),
         "",
-        f"| {_where(card, 'select_data', 'chosen on')} | SSIM | NMSE | "
-        f"fnaf-rs attack rate ({_criterion_words(cfg)}) |",
-        "|---|---|---|---|",
-        f"| before | {start['ssim']:.4f} | {start['nmse']:.5f} | {start['attack_rate']:.1%} |",
-        f"| after | {best['ssim']:.4f} | {best['nmse']:.5f} | {best['attack_rate']:.1%} |",
+        f"| {_where(card, 'select_data', 'chosen on')} | SSIM | NMSE | fnaf-rs | fnaf-pgd |",
+        "|---|---|---|---|---|",
+        f"| before | {start['ssim']:.4f} | {start['nmse']:.5f} | {_rates(start)} |",
+        f"| after | {best['ssim']:.4f} | {best['nmse']:.5f} | {_rates(best)} |",
         "",
     ]
     audit = card.get("before_after_audit")
     if audit and "select_data" in card:
         lines += [
             f"Before/after audit on {_where(card, 'report_data', 'other held-out volumes')}, "
-            "which the choice never saw:",
+            "which the choice never saw (attack rates):",
             "",
-            "| | SSIM | NMSE | fnaf-rs attack rate |",
-            "|---|---|---|---|",
+            "| | SSIM | NMSE | fnaf-rs | fnaf-pgd |",
+            "|---|---|---|---|---|",
         ]
         for model, clean in audit["clean"].items():
-            rate = ((audit["attacks"].get(model) or {}).get("fnaf-rs") or {}).get("attack_rate")
-            shown = f"{rate['value']:.1%}" if rate and rate.get("value") is not None else "n/a"
-            lines.append(f"| {model} | {clean['ssim']:.4f} | {clean['nmse']:.5f} | {shown} |")
+            cells = []
+            for attack in ("fnaf-rs", "fnaf-pgd"):
+                rate = ((audit["attacks"].get(model) or {}).get(attack) or {}).get("attack_rate")
+                ok = rate and rate.get("value") is not None
+                cells.append(f"{rate['value']:.1%}" if ok else "n/a")
+            lines.append(
+                f"| {model} | {clean['ssim']:.4f} | {clean['nmse']:.5f} | {' | '.join(cells)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

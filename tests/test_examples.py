@@ -214,8 +214,10 @@ def test_weights_readme_is_rebuilt_from_both_card_kinds(tmp_path: Path) -> None:
     (tmp_path / "broken.pt.json").write_text("{not json")
     text = train.refresh_readme(tmp_path).read_text()
     assert "## unet_4x.pt" in text and "## x_robust.pt" in text and "broken" not in text
-    assert "| before | 0.9000 | 0.00300 | 75.0% |" in text
-    assert "| after | 0.9000 | 0.00300 | 12.5% |" in text
+    # A card from before the strong validation: the fnaf-rs rate only.
+    assert "| before | 0.9000 | 0.00300 | 75.0% | n/a |" in text
+    assert "| after | 0.9000 | 0.00300 | 12.5% | n/a |" in text
+    assert "inner `random` with 11 candidates" in text
     assert "kept epoch 2" in text and hardened["command"] in text
     assert "because nothing had" not in text
     hardened["summary"]["best"]["fallback"] = True
@@ -229,6 +231,21 @@ def test_weights_readme_is_rebuilt_from_both_card_kinds(tmp_path: Path) -> None:
     text = train.refresh_readme(tmp_path).read_text()
     assert "kept the blend 0.40 x starting weights + 0.60 x epoch 6" in text
     assert "among epochs and the 9 blends" in text
+    # A card of the strong recipe: both rates, the training and the evaluation attacks.
+    hardened["config"] = {**hardened["config"], "inner_steps": 4, "recovery": 1.0}
+    del hardened["config"]["inner"]
+    hardened["evaluation_attack"] = {
+        "fnaf-rs": {"candidates": 33},
+        "fnaf-pgd": {"candidates": 33, "steps": 32},
+    }
+    hardened["summary"]["best"].update(rs_rate=0.0, pgd_rate=0.125)
+    hardened["summary"]["start"].update(rs_rate=0.75, pgd_rate=1.0)
+    (tmp_path / "x_robust.pt.json").write_text(json.dumps(hardened))
+    text = train.refresh_readme(tmp_path).read_text()
+    assert "inner fnaf-pgd, 4 steps from the best of 11 random candidates, recovery term 1" in text
+    assert "validated with fnaf-rs and fnaf-pgd with 33 candidates, fnaf-pgd 32 steps" in text
+    assert "| before | 0.9000 | 0.00300 | 75.0% | 100.0% |" in text
+    assert "| after | 0.9000 | 0.00300 | 0.0% | 12.5% |" in text
 
 
 @pytest.mark.slow

@@ -62,6 +62,8 @@ def _trainer(tmp_path, data, model, **kw):
             "feature_steps": (5, 20),
             "lam": 4.0,
             "val_candidates": 4,
+            "inner_steps": 1,
+            "val_steps": 2,
             **kw,
         }
     )
@@ -154,6 +156,12 @@ def _cli_args(tmp_path, data, *extra) -> list[str]:
         "1",
         "--candidates",
         "3",
+        "--inner-steps",
+        "1",
+        "--val-candidates",
+        "9",
+        "--val-steps",
+        "4",
         "--out",
         str(tmp_path / "robust.pt"),
         "--no-report",

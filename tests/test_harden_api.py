@@ -28,8 +28,17 @@ from tests.test_settings import NOT_APPLICABLE, _bad_values
 
 ROOT = Path(__file__).resolve().parents[1]
 # One step per epoch on one slice per volume: training, selection and report volumes apart.
-FAST = {"max_slices": 1, "epochs": 2, "steps": 1, "candidates": 3}
+FAST = {
+    "max_slices": 1,
+    "epochs": 2,
+    "steps": 1,
+    "candidates": 3,
+    "inner_steps": 1,
+    "val_candidates": 9,
+    "val_steps": 4,
+}
 FLAGS = ["--max-slices", "1", "--epochs", "2", "--steps", "1", "--candidates", "3"]
+FLAGS += ["--inner-steps", "1", "--val-candidates", "9", "--val-steps", "4"]
 
 
 class Pair(NamedTuple):

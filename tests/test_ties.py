@@ -209,7 +209,7 @@ def test_fd_returns_candidates_in_candidate_order(slices):
     ctx = context(slices)
     est = estimator(TinyUnetish(), ctx.target_shape)
     attack = load_attack("fnaf-fd")(est, restarts=3)
-    features, _ = attack._search(ctx, FnafEngine(est))
+    features, *_ = attack._search(ctx, FnafEngine(est))
     b = ctx.num_slices
     assert features.slice_index.tolist() == [s for s in range(b) for _ in range(11)]
     si = torch.arange(b).repeat_interleave(11)

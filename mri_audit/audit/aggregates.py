@@ -172,25 +172,28 @@ def _attack(rows: Sequence[dict], criterion: Criterion | None = None) -> dict:
 def _budget(rows: Sequence[dict], name: str) -> dict | None:
     """The attack rate at every smaller budget (``mri_audit.fnaf.budget``), with clustered
     intervals, and whether the last doubling of the budget still raised it."""
-    from mri_audit.fnaf.budget import DOUBLING_RISE
+    from mri_audit.fnaf.budget import DOUBLING_RISE, FIRST_BUDGET
 
     curves = [(r.get("budget") or {}).get(name) for r in rows]
     if not curves or any(not c for c in curves):
         return None
+    unit = rows[0].get("budget_unit", "candidates")
+    first = FIRST_BUDGET[unit]
     top = max(len(c) for c in curves)
     volumes = [r["volume"] for r in rows]
     rates = [
-        clustered_rate([bool(c[min(k, len(c)) - 1]) for c in curves], volumes)
-        for k in range(1, top + 1)
+        clustered_rate([bool(c[min(i, len(c) - 1)]) for c in curves], volumes) for i in range(top)
     ]
-    half = max(1, top // 2)
-    rise = rates[-1]["value"] - rates[half - 1]["value"]
+    budgets = list(range(first, first + top))
+    last = budgets[-1]
+    half = max(first, 1, last // 2)
+    rise = rates[-1]["value"] - rates[half - first]["value"]
     return {
-        "unit": "candidates",
-        "k": list(range(1, top + 1)),
+        "unit": unit,
+        "k": budgets,
         "rate": [{k: r[k] for k in ("value", "low", "high")} for r in rates],
-        "last_doubling": {"from": half, "to": top, "rise": rise},
-        "converged": top < 2 or rise <= DOUBLING_RISE,
+        "last_doubling": {"from": half, "to": last, "rise": rise},
+        "converged": last < 2 or rise <= DOUBLING_RISE,
     }
 
 

@@ -69,7 +69,7 @@ def epoch_line(entry: dict) -> str:
     loss = f"  train loss {entry['train_loss']:.4f}" if "train_loss" in entry else ""
     return (
         f"{_label(entry):<11} SSIM {entry['ssim']:.4f}  NMSE {entry['nmse']:.5f}  "
-        f"fnaf-rs attack rate {entry['attack_rate']:.1%}{loss}"
+        f"attack rate fnaf-rs {entry['rs_rate']:.1%} fnaf-pgd {entry['pgd_rate']:.1%}{loss}"
     )
 
 

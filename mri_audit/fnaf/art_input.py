@@ -15,7 +15,7 @@ from mri_audit.fnaf.features import SliceContext, prepare_context
 from mri_audit.models.estimator import Reconstructor
 from mri_audit.mri.physics import Mask, make_mask_func
 
-__all__ = ["context_from_x"]
+__all__ = ["context_from_x", "insert_worst"]
 
 
 def context_from_x(
@@ -77,3 +77,31 @@ def _mask_source(estimator: Reconstructor, mask, volumes):
         return func(num_cols, seed=tuple(map(ord, volume)))
 
     return seeded
+
+
+def insert_worst(attack, x, *, mask=None, volumes=None, slices=None, **kwargs):
+    """:meth:`FnafAttack.generate`'s work: ``x`` with ``attack``'s worst admissible feature
+    inserted into each slice (nothing where none was found); the result is kept in
+    ``attack.last_result``.
+
+    Shape:
+        x: ``(B, coils, H, W, 2)``; returns the same.
+    """
+    from mri_audit.fnaf.features import INSERT_MODES, insert, paint
+
+    ctx, is_numpy = context_from_x(
+        attack.estimator,
+        x,
+        mask=mask,
+        volumes=volumes,
+        slices=slices,
+        window=attack.window,
+        insert_mode=kwargs.get("insert_mode", INSERT_MODES[0]),
+    )
+    result = attack.attack(ctx)
+    attack.last_result = result
+    d, _ = paint(result.features, ctx.target_shape)
+    d = d * result.found[:, None, None]
+    adv, _ = insert(ctx, torch.arange(ctx.num_slices, device=d.device), d)
+    out = torch.view_as_real(adv)
+    return out.cpu().numpy() if is_numpy else out

@@ -19,15 +19,12 @@ from typing import NamedTuple
 
 import torch
 
-from mri_audit.fnaf.budget import budget_hits
+from mri_audit.fnaf.budget import BudgetTrace, budget_hits, in_order
 from mri_audit.fnaf.criteria import CRITERIA, DEFAULT_CRITERION, QUANTITIES, Criterion, all_criteria
 from mri_audit.fnaf.engine import FnafEngine, Scores, select_best
 from mri_audit.fnaf.features import (
-    INSERT_MODES,
     FeatureBatch,
     SliceContext,
-    insert,
-    paint,
 )
 from mri_audit.fnaf.records import result_records  # re-exported
 from mri_audit.fnaf.shapes import check_shape, draw_features
@@ -79,6 +76,7 @@ class AttackResult(NamedTuple):
     accepted: torch.Tensor
     picks: dict[str, Pick]
     budget: dict[str, torch.Tensor] | None = None  # mri_audit.fnaf.budget.budget_hits
+    budget_unit: str | None = None
 
     def __getattr__(self, name):  # r, r0, e, loss, ... of the selected candidate
         if name in Scores._fields:
@@ -111,7 +109,9 @@ class FnafAttack(EvasionAttack):
     name = "fnaf"
     kind = "fnaf"
     needs_gradients = False
-    budget_unit: str | None = None  # "candidates": _search returns them in evaluation order
+    # "candidates" or "evaluations": _search returns them in evaluation order; an attack with
+    # another order returns its own BudgetTrace as _search's third value.
+    budget_unit: str | None = None
     attack_params = EvasionAttack.attack_params + [
         "candidates",
         "feature_steps",
@@ -254,7 +254,9 @@ class FnafAttack(EvasionAttack):
     # ------------------------------------------------------------------ the search
     def _search(self, ctx: SliceContext, engine: FnafEngine) -> tuple[FeatureBatch, Scores]:
         """Return every candidate evaluated (features and their engine quantities), each
-        slice's in ascending candidate number (a tie goes to the first)."""
+        slice's in ascending candidate number (a tie goes to the first), and optionally a
+        :class:`~mri_audit.fnaf.budget.BudgetTrace` (else, with a ``budget_unit``, the
+        candidates' order is their evaluation order)."""
         raise NotImplementedError
 
     def engine(self) -> FnafEngine:
@@ -275,12 +277,15 @@ class FnafAttack(EvasionAttack):
             self.estimator.evaluation(parameters_require_grad=False),
             self.estimator.cropping(ctx.target_shape),  # this batch's target size
         ):
-            features, scores = self._search(ctx, engine)
+            features, scores, *traced = self._search(ctx, engine)
+            trace: BudgetTrace | None = traced[0] if traced else None
+            if trace is None and self.budget_unit:
+                trace = in_order(self.budget_unit, features.slice_index, scores, self.candidates)
             # A stochastic model's search hits are not yet confirmed on fresh noise: no curve.
             budget = (
-                self.budget_unit
+                trace is not None
                 and not self.estimator.call.stochastic
-                and budget_hits(self.criteria, features.slice_index, scores, ctx.num_slices)
+                and budget_hits(self.criteria, trace, ctx.num_slices)
             )
             counts = None
             if self.estimator.call.stochastic:  # the picks re-scored on fresh noise
@@ -291,7 +296,8 @@ class FnafAttack(EvasionAttack):
                 features, scores, counts = self._rescore(
                     ctx, engine.full_precision(), features, scores, top=2
                 )
-        return self._finish(ctx, features, scores, counts)._replace(budget=budget or None)
+        result = self._finish(ctx, features, scores, counts)
+        return result._replace(budget=budget or None, budget_unit=budget and trace.unit or None)
 
     def _rescore(self, ctx: SliceContext, engine: FnafEngine, features, scores, *, top: int):
         """The search finds the candidates; the reported scores come from ``engine``.
@@ -394,21 +400,6 @@ class FnafAttack(EvasionAttack):
         Shape:
             x: ``(B, coils, H, W, 2)``.
         """
-        from mri_audit.fnaf.art_input import context_from_x
+        from mri_audit.fnaf.art_input import insert_worst
 
-        ctx, is_numpy = context_from_x(
-            self.estimator,
-            x,
-            mask=mask,
-            volumes=volumes,
-            slices=slices,
-            window=self.window,
-            insert_mode=kwargs.get("insert_mode", INSERT_MODES[0]),
-        )
-        result = self.attack(ctx)
-        self.last_result = result
-        d, _ = paint(result.features, ctx.target_shape)
-        d = d * result.found[:, None, None]
-        adv, _ = insert(ctx, torch.arange(ctx.num_slices, device=d.device), d)
-        out = torch.view_as_real(adv)
-        return out.cpu().numpy() if is_numpy else out
+        return insert_worst(self, x, mask=mask, volumes=volumes, slices=slices, **kwargs)

@@ -87,7 +87,8 @@ def result_records(ctx: SliceContext, result: AttackResult) -> list[dict]:
             }
             for name, p in picks.items()
         }
-        if result.budget:  # whether the best of the first k candidates is a hit, k = 1…K
+        if result.budget:  # whether the best candidate at each budget is a hit (fnaf.budget)
             rec["budget"] = {n: [int(h) for h in hits[i]] for n, hits in budget.items()}
+            rec["budget_unit"] = result.budget_unit
         records.append(rec)
     return records

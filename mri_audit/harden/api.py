@@ -52,8 +52,12 @@ def harden(
     batch_size: int = 4,
     lam: float = 1.0,
     feature_steps_range: int | tuple[int, int] = (10, 100),
-    inner: str = "random",
+    inner_steps: int = 4,
     candidates: int = 11,
+    attack_fraction: float = 1.0,
+    recovery: float = 0.0,
+    val_candidates: int | None = None,
+    val_steps: int | None = None,
     loss: str = "l1",
     ssim_tolerance: float = 0.01,
     criterion: str = "erasure",
@@ -91,8 +95,14 @@ def harden(
             reports ``val_data`` (default: other held-out volumes), never the same slices.
         accel: one acceleration or several to train at; ``center_fraction``, ``mask_type``
             make the masks.
-        epochs, steps, lr, batch_size, lam, feature_steps_range, inner, candidates, loss, amp:
-            the training (``steps``: per epoch, None for one pass over the training slices).
+        epochs, steps, lr, batch_size, lam, feature_steps_range, loss, amp: the training
+            (``steps``: per epoch, None for one pass over the training slices).
+        inner_steps, candidates, attack_fraction, recovery: the inner maximisation
+            (``fnaf-pgd`` steps from the best of ``candidates`` random features; 0 steps: random
+            search only), the part of each batch attacked and the recovery term's weight.
+        val_candidates, val_steps: the validation attacks' budget (``fnaf-rs`` and
+            ``fnaf-pgd``; default 3x ``candidates`` and 4x ``inner_steps``, at least 33 and 32;
+            a smaller one is refused). The before/after audit uses the same.
         ssim_tolerance, nmse_tolerance, interpolate: which epochs (and weight blends) may be
             kept: the lowest validation attack rate among those within the tolerances.
         criterion, margin: the FNAF criterion of training, validation and the audit.

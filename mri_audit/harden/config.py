@@ -20,8 +20,10 @@ class HardenConfig:
     batch_size: int = 4
     lam: float = 1.0
     feature_steps: tuple[int, int] = (10, 100)
-    inner: str = "random"
+    inner_steps: int = 4  # fnaf-pgd steps of the inner maximisation (0: random search only)
     candidates: int = 11
+    attack_fraction: float = 1.0  # part of each batch attacked
+    recovery: float = 0.0  # weight of the feature-recovery term
     loss: str = "l1"
     seed: int = 0
     amp: bool = False
@@ -35,7 +37,8 @@ class HardenConfig:
     ip_epsilon: float = 1e-4
     window: float = 0.375
     candidate_batch: int = 16
-    val_candidates: int = 11
+    val_candidates: int = 33  # the validation attacks' candidates (>= 3x the training's)
+    val_steps: int = 32  # the validation fnaf-pgd's steps (>= 4x inner_steps)
     interpolate: int = 0
 
     def to_dict(self) -> dict:

@@ -64,4 +64,25 @@ def check_keywords(model: Any, values: Mapping[str, Any], model_args: Any) -> di
     checked["model_args"] = _model_args(spec, model_args)
     steps = checked["feature_steps_range"]
     checked["feature_steps_range"] = steps if isinstance(steps, tuple) else (steps, steps)
+    checked.update(_evaluation(checked))
     return checked
+
+
+def _evaluation(c: Mapping[str, Any]) -> dict[str, int]:
+    """The validation attacks' budget: by default 3x the training's candidates and 4x its inner
+    steps (at least the 33 candidates and 32 steps of a strong audit); a weaker one is refused,
+    since a defence is judged by an attack stronger than the one it was trained against."""
+    low_candidates, low_steps = 3 * c["candidates"], 4 * c["inner_steps"]
+    candidates = c["val_candidates"] or max(33, low_candidates)
+    steps = c["val_steps"] or max(32, low_steps)
+    if candidates < low_candidates:
+        raise UsageError(
+            f"--val-candidates {candidates} is below 3x --candidates ({low_candidates}): "
+            "validate with an attack stronger than the training's"
+        )
+    if steps < low_steps:
+        raise UsageError(
+            f"--val-steps {steps} is below 4x --inner-steps ({low_steps}): validate with an "
+            "attack stronger than the training's"
+        )
+    return {"val_candidates": candidates, "val_steps": steps}

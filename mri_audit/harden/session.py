@@ -63,8 +63,12 @@ def _config(c: Mapping[str, Any]):
         batch_size=c["batch_size"],
         lam=c["lam"],
         feature_steps=c["feature_steps_range"],
-        inner=c["inner"],
+        inner_steps=c["inner_steps"],
         candidates=c["candidates"],
+        attack_fraction=c["attack_fraction"],
+        recovery=c["recovery"],
+        val_candidates=c["val_candidates"],
+        val_steps=c["val_steps"],
         loss=c["loss"],
         seed=c["seed"],
         amp=c["amp"],
@@ -146,6 +150,7 @@ def run(
     """
     from mri_audit.audit.distributed import agree, broadcast
     from mri_audit.fnaf.registry import load_attack
+    from mri_audit.harden.inner import training_attack_card
     from mri_audit.harden.resume import (
         checkpoint_entries,
         checkpoint_identity,
@@ -153,6 +158,7 @@ def run(
         identified_trainer,
     )
     from mri_audit.harden.splits import datasets
+    from mri_audit.harden.validation import evaluation_attacks
 
     out = Path(c["out"])
     checkpoint, start = checkpoint_path(out), start_path(out)
@@ -248,6 +254,8 @@ def run(
         "seconds": elapsed,
         # The kept weights are chosen on `select`; the before/after audit reports `report`.
         "select_data": select.describe(),
+        "training_attack": training_attack_card(config),
+        "evaluation_attack": evaluation_attacks(config),
         "report_data": val.describe(),
     }
     from mri_audit.files import write_json
@@ -294,7 +302,9 @@ def before_after_audit(c, original, val, config, name, command_line, on_stage, *
         center_fraction=c["center_fraction"],
         mask_type=c["mask_type"],
         attacks=("fnaf-rs", "fnaf-pgd"),
-        candidates=11,
+        # The validation's attacks, stronger than the training's (mri_audit.harden.validation).
+        candidates=config.val_candidates,
+        attack_options={"fnaf-pgd": {"steps": config.val_steps}},
         feature_steps=10,
         criterion=config.criterion,
         margin=config.margin,

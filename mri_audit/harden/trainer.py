@@ -1,14 +1,16 @@
 """FNAF-robust fine-tuning (``mri-audit harden``), min-max as in the FNAF paper.
 
-Each step finds FNAFs against the *current* weights (random candidates with walk lengths drawn
-from a range, optionally refined with ``fnaf-pgd``), then takes one optimiser step on
+Each step finds FNAFs against the *current* weights on part of the batch (random candidates
+with walk lengths drawn from a range, refined by ``inner_steps`` of ``fnaf-pgd``; see
+:mod:`mri_audit.harden.inner`), then takes one optimiser step on
 
-    loss = clean loss + λ · (loss on Ω + whole-image loss), on the FNAF-augmented inputs,
+    loss = clean loss + λ · (loss on Ω + whole-image loss) + β · recovery term,
 
 with gradients cleared once per step (the reference code applied the clean gradient twice).
-Each epoch ends with validation (SSIM/NMSE/PSNR and the ``fnaf-rs`` attack rate) and an atomic
-checkpoint; the best epoch by attack rate among those within ``ssim_tolerance`` of the starting
-model's SSIM is written to the output weights. Every random draw is keyed by (seed, epoch,
+Each epoch ends with validation (SSIM/NMSE/PSNR and the rates of a stronger ``fnaf-rs`` and
+``fnaf-pgd``, :mod:`mri_audit.harden.validation`) and an atomic checkpoint; the best epoch by
+``fnaf-pgd`` rate among those within ``ssim_tolerance`` of the starting model's SSIM is written
+to the output weights. Every random draw is keyed by (seed, epoch,
 step, ...), so a resumed run gives the same weights as an uninterrupted one.
 
 With ``interpolate`` > 0 the run ends with weight-space blends of the starting and final weights
@@ -21,22 +23,22 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mri_audit.data.datasets import collate, iter_batches, valid_indices
+from mri_audit.data.datasets import collate, valid_indices
 from mri_audit.files import atomic_write
 from mri_audit.fnaf.engine import FnafEngine
-from mri_audit.fnaf.features import insert, paint, prepare_context
+from mri_audit.fnaf.features import prepare_context
 from mri_audit.harden.blending import blend_alphas, blend_weights
 from mri_audit.harden.config import HardenConfig, within_tolerance
-from mri_audit.harden.losses import LOSSES, image_loss, pixel_loss
+from mri_audit.harden.inner import attacked_slices, feature_loss, training_attack
+from mri_audit.harden.losses import LOSSES, image_loss
+from mri_audit.harden.validation import validate
 from mri_audit.models.estimator import Reconstructor
-from mri_audit.mri.metrics import VolumeMetrics, fnaf_region
 from mri_audit.mri.physics import Mask, make_mask_func, volume_seed
 from mri_audit.rng import mix_seed
 
@@ -78,8 +80,6 @@ class Trainer:
     ) -> None:
         if config.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {config.loss!r}")
-        if config.inner not in ("random", "pgd"):
-            raise ValueError(f"inner must be 'random' or 'pgd', got {config.inner!r}")
         self.est = estimator
         self.model = estimator.model
         self.train_set, self.val_set = train_set, val_set
@@ -147,32 +147,32 @@ class Trainer:
         return mask_for
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, epoch: int, step: int) -> dict[str, float]:
-        cfg = self.config
-        batch = collate([self.train_set[i] for i in self._batch_indices(epoch, step)])
-        batch = batch.to(self.device)
-        ctx = prepare_context(
+    def _context(self, batch, mask_for):
+        return prepare_context(
             batch.kspace,
             target_shape=tuple(batch.target.shape[-2:]),
             volumes=batch.volumes,
             slices=batch.slices,
-            mask_for=self._train_masks(epoch, step),
-            window=cfg.window,
+            mask_for=mask_for,
+            window=self.config.window,
             data_range=batch.max_values,
         )
-        name = "fnaf-pgd" if cfg.inner == "pgd" else "fnaf-rs"
-        attack = self.attack_classes[name](
-            self.est,
-            candidates=cfg.candidates,
-            feature_steps=tuple(cfg.feature_steps),
-            window=cfg.window,
-            **self._criterion_kwargs(),
-            seed=mix_seed(cfg.seed, 3, epoch, step) % (2**31),
-            batch_size=cfg.candidate_batch,
+
+    def train_step(self, epoch: int, step: int) -> dict[str, float]:
+        cfg = self.config
+        samples = [self.train_set[i] for i in self._batch_indices(epoch, step)]
+        mask_for = self._train_masks(epoch, step)
+        ctx = self._context(collate(samples).to(self.device), mask_for)
+        key = mix_seed(cfg.seed, 5, epoch, step)
+        part = attacked_slices(len(samples), cfg.attack_fraction, key)
+        sub = (
+            ctx
+            if len(part) == len(samples)
+            else self._context(collate([samples[i] for i in part]).to(self.device), mask_for)
         )
-        was_training = self.model.training
-        result = attack.attack(ctx, FnafEngine(self.est, batch_size=cfg.candidate_batch))
-        self.model.train(was_training)
+        seed = mix_seed(cfg.seed, 3, epoch, step) % (2**31)
+        attack = training_attack(self.est, cfg, self.attack_classes, seed=seed)
+        result = attack.attack(sub, FnafEngine(self.est, batch_size=cfg.candidate_batch))
         self.model.train()
         torch.manual_seed(mix_seed(cfg.seed, 4, epoch, step))  # dropout and the like
         self.optimizer.zero_grad(set_to_none=True)
@@ -184,32 +184,20 @@ class Trainer:
             if cfg.amp
             else contextlib.nullcontext()
         )
+
         # The outer step goes through train_est: under torchrun its model is the
         # DistributedDataParallel wrapper, which averages the gradients across processes.
+        def reconstruct(kspace, mask):
+            return self.train_est.reconstruct(
+                kspace, mask, num_low_frequencies=ctx.num_low_frequencies
+            )
+
         with amp, self.train_est.cropping(ctx.target_shape):  # this batch's target size
-            masked = ctx.kspace * ctx.mask
-            clean = self.train_est.reconstruct(
-                masked, ctx.mask, num_low_frequencies=ctx.num_low_frequencies
-            ).float()
+            clean = reconstruct(ctx.kspace * ctx.mask, ctx.mask).float()
             loss_clean = image_loss(cfg.loss, clean, ctx.target, ctx.t_std, ctx.data_range)
-            loss_feat = torch.zeros((), device=self.device)
-            found = result.found.nonzero().squeeze(1)
-            if found.numel():
-                features = result.features.take(found)
-                si = features.slice_index
-                d, support = paint(features, ctx.target_shape)
-                kspace, target = insert(ctx, si, d)
-                recon = self.train_est.reconstruct(
-                    kspace * ctx.mask[si], ctx.mask[si], num_low_frequencies=ctx.num_low_frequencies
-                ).float()
-                region = fnaf_region(support)
-                # The region term is per pixel: L1 for the SSIM losses, which have no pixel form.
-                kind = "l1" if cfg.loss.startswith("ssim") else cfg.loss
-                pix = pixel_loss(kind, recon, target, ctx.t_std[si])
-                on_region = (pix * region).sum((-2, -1)) / region.sum((-2, -1)).clamp_min(1)
-                whole = image_loss(cfg.loss, recon, target, ctx.t_std[si], ctx.data_range[si])
-                loss_feat = on_region.mean() + whole
-            loss = loss_clean + cfg.lam * loss_feat
+            index = torch.as_tensor(part, device=clean.device)
+            loss_feat, loss_rec = feature_loss(reconstruct, sub, result, clean[index], cfg)
+            loss = loss_clean + cfg.lam * loss_feat + cfg.recovery * loss_rec
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -217,17 +205,8 @@ class Trainer:
             "loss": float(loss.detach()),
             "clean": float(loss_clean.detach()),
             "fnaf": float(loss_feat.detach()),
+            "recovery": float(loss_rec.detach()),
             "hits": float(result.hit.float().mean()),
-        }
-
-    def _criterion_kwargs(self) -> dict:
-        cfg = self.config
-        return {
-            "criterion": cfg.criterion,
-            "margin": cfg.margin,
-            "min_recovery": cfg.min_recovery,
-            "threshold": cfg.threshold,
-            "ip_epsilon": cfg.ip_epsilon,
         }
 
     # ------------------------------------------------------------------ validation
@@ -236,38 +215,10 @@ class Trainer:
         return self.sync(self._validate() if self.rank == 0 else None)
 
     def _validate(self) -> dict[str, float]:
-        """Clean metrics and the ``fnaf-rs`` attack rate on the validation set."""
+        """Clean metrics and the ``fnaf-rs`` and ``fnaf-pgd`` rates on the validation set."""
         cfg = self.config
         func = self.mask_funcs[cfg.accels[0]]
-        attack = self.attack_classes["fnaf-rs"](
-            self.est,
-            candidates=cfg.val_candidates,
-            **self._criterion_kwargs(),
-            window=cfg.window,
-            seed=cfg.seed,
-            batch_size=cfg.candidate_batch,
-        )
-        metrics, hits, total = VolumeMetrics(), 0, 0
-        per = max(1, math.ceil(2 * cfg.candidate_batch / cfg.val_candidates))
-        for batch in iter_batches(self.val_set, per, valid_indices(self.val_set)):
-            batch = batch.to(self.device)
-            ctx = prepare_context(
-                batch.kspace,
-                target_shape=tuple(batch.target.shape[-2:]),
-                volumes=batch.volumes,
-                slices=batch.slices,
-                mask_for=lambda v, n: func(n, seed=volume_seed(v)),
-                window=cfg.window,
-                data_range=batch.max_values,
-            )
-            engine = FnafEngine(self.est, batch_size=cfg.candidate_batch)
-            with self.est.cropping(ctx.target_shape):  # volumes may differ in size
-                result = attack.attack(ctx, engine)
-                recon = engine.clean_reconstruction(ctx)
-            metrics.update(batch.volumes, recon, ctx.target, batch.max_values)
-            hits += int(result.hit.sum())
-            total += ctx.num_slices
-        return {**metrics.summary(), "attack_rate": hits / max(total, 1)}
+        return validate(self.est, self.val_set, cfg, self.attack_classes, func)
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -381,16 +332,13 @@ class Trainer:
     def _consider(self, entry: dict, *, fallback_ok: bool = True) -> None:
         """Keep the model's current weights if ``entry`` beats the best so far.
 
-        Best: the lowest attack rate among eligible entries, ties to the higher SSIM. Until an
+        Best: the lowest ``fnaf-pgd`` rate among eligible entries, then the lowest ``fnaf-rs``
+        rate, then the higher SSIM. Until an
         entry is eligible the latest one is kept, flagged ``fallback``.
         """
         if within_tolerance(entry, self.start, self.config):
             best = self.best
-            if (
-                best is None
-                or best.get("fallback")
-                or (entry["attack_rate"], -entry["ssim"]) < (best["attack_rate"], -best["ssim"])
-            ):
+            if best is None or best.get("fallback") or _rank(entry) < _rank(best):
                 self.best = {**entry}
                 self._save_weights()
         elif fallback_ok and (self.best is None or self.best.get("fallback")):
@@ -416,3 +364,8 @@ class Trainer:
             self.model.load_state_dict(final)
         self.blends = blends
         self.save_checkpoint()
+
+
+def _rank(entry: dict) -> tuple[float, float, float]:
+    """Lower is better: the strongest attack's rate, then ``fnaf-rs``'s, then -SSIM."""
+    return (entry["attack_rate"], entry.get("rs_rate", entry["attack_rate"]), -entry["ssim"])

@@ -186,7 +186,10 @@ def budget_figure(results: dict, names: list[str]) -> str | None:
                 ax.fill_between(k, low, high, color=color, alpha=0.15, linewidth=0)
                 style = "-" if curve.get("converged", True) else "--"
                 ax.plot(k, rate, style, color=color, label=model, marker="o", markersize=3)
-            ax.set_xscale("log", base=2)
+            if k[0] == 0:  # a gradient attack's step 0 (its random start)
+                ax.set_xscale("symlog", base=2, linthresh=1)
+            else:
+                ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel(next(iter(curves.values()))["unit"])

@@ -69,11 +69,13 @@ HARDEN: tuple[Setting, ...] = (
         help="Random-walk lengths of the training features (LOW-HIGH).",
     ),
     Setting(
-        "inner",
-        "choice",
-        default="random",
-        choices=("random", "pgd"),
-        help="Inner maximisation: random candidates, or + fnaf-pgd.",
+        "inner_steps",
+        "int",
+        default=4,
+        low=0,
+        help="Inner maximisation: fnaf-pgd gradient steps on each training feature, from the "
+        "best of --candidates random ones (as the audit's fnaf-pgd); 0: the random candidates "
+        "only (the FNAF paper's recipe).",
     ),
     Setting(
         "candidates",
@@ -81,6 +83,38 @@ HARDEN: tuple[Setting, ...] = (
         default=11,
         low=1,
         help="FNAF candidates per training slice in the inner maximisation.",
+    ),
+    Setting(
+        "attack_fraction",
+        "float",
+        default=1.0,
+        low=0,
+        high=1,
+        low_open=True,
+        hint="a fraction: 0.5 attacks half of each batch",
+        help="Part of each batch's slices attacked (the rest train on the clean loss only).",
+    ),
+    Setting(
+        "recovery",
+        "float",
+        default=0.0,
+        low=0,
+        help="Weight of the feature-recovery term (TRADES-like): on the feature's region, what "
+        "the reconstruction adds with the feature against what the feature adds to the truth.",
+    ),
+    Setting(
+        "val_candidates",
+        "int",
+        low=1,
+        help="Candidates of the validation attacks, fnaf-rs and fnaf-pgd [default: 3x "
+        "--candidates, at least 33]; at least 3x --candidates.",
+    ),
+    Setting(
+        "val_steps",
+        "int",
+        low=1,
+        help="Gradient steps of the validation fnaf-pgd [default: 4x --inner-steps, at least "
+        "32]; at least 4x --inner-steps.",
     ),
     Setting(
         "loss",
