@@ -204,6 +204,15 @@ def _interpolate(tmp_path):
     return [_cli("harden", "--model", MODEL, "--out", "r.pt", "--interpolate", "-1")]
 
 
+@scenario("`harden` validating with an attack weaker than its training's")
+def _weak_validation(tmp_path):
+    base = ("harden", "--model", MODEL, "--out", "r.pt")
+    return [
+        _cli(*base, "--val-steps", "8"),
+        _cli(*base, "--candidates", "20", "--val-candidates", "33"),
+    ]
+
+
 @scenario("`report --criterion` unknown")
 def _report_criterion(tmp_path):
     return [_cli("report", "audit", "--criterion", "nope")]

@@ -223,12 +223,15 @@ def test_success_removes_the_checkpoint_and_a_resume_says_the_run_finished(tmp_p
     assert "nothing to resume: " in resumed.output and "robust.pt.ckpt does not" in resumed.output
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "error"])
+@pytest.mark.parametrize("how", ["ctrl-c", "audit-ctrl-c", "error"])
 def test_a_stopped_before_after_audit_keeps_the_checkpoint(tmp_path, harden_dir, monkeypatch, how):
+    from mri_audit.audit.api import AuditInterrupted
     from mri_audit.errors import OutputError
     from mri_audit.harden import session
 
     def audit(*args, **kwargs):
+        if how == "audit-ctrl-c":  # what the audit raises when Ctrl-C stops its attacks
+            raise AuditInterrupted(tmp_path / "robust.pt.audit", 3)
         raise KeyboardInterrupt if how == "ctrl-c" else OutputError("cannot write the audit")
 
     monkeypatch.setattr(session, "before_after_audit", audit)
@@ -237,7 +240,7 @@ def test_a_stopped_before_after_audit_keeps_the_checkpoint(tmp_path, harden_dir,
     ckpt = tmp_path / "robust.pt.ckpt"
     assert ckpt.exists(), result.output
     last = result.output.strip().splitlines()[-1]
-    if how == "ctrl-c":
+    if how != "error":
         assert result.exit_code == 130, result.output
         assert last == (
             f"Interrupted: the kept weights are in {tmp_path / 'robust.pt'} and {ckpt} holds the "
@@ -729,3 +732,12 @@ def test_ctrl_c_during_the_dry_run_exits_130(tmp_path, harden_dir):
     assert result.output.strip().splitlines()[-1] == (
         "Interrupted: no epoch was finished, so there is nothing to resume; run the command again"
     )
+
+
+def test_max_slices_limits_the_builtin_held_out_phantoms_too():
+    from mri_audit.harden.splits import datasets
+
+    opts = {"data": None, "val_data": None, "max_volumes": 2, "max_slices": 1}
+    train, select, report = datasets(opts)
+    assert len(select.valid_indices()) == 6 and len(report.valid_indices()) == 6  # 6 volumes
+    assert len(train.valid_indices()) == 2

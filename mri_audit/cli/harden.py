@@ -18,18 +18,21 @@ from mri_audit.settings import HARDEN
 def harden(**opts) -> None:
     """Fine-tune a model to resist FNAFs; keeps the best epoch and audits before vs after.
 
-    Each step finds FNAFs against the current weights, then minimises the clean loss plus
-    --lambda times the loss on the FNAF-augmented inputs. A checkpoint (<out>.ckpt) is written
-    every epoch; --resume continues from it. It is removed once the run has succeeded (unless
-    --keep-checkpoint). The kept weights have the lowest validation
-    fnaf-rs attack rate among epochs (and --interpolate blends) within --ssim-tolerance and
-    --nmse-tolerance of the starting model, measured on held-out `select` slices; the
-    before/after audit then reports other held-out slices (--val-data), never the ones the
-    weights were chosen on.
+    Each step finds FNAFs against the current weights (fnaf-pgd: --inner-steps gradient steps
+    from the best of --candidates random features, on --attack-fraction of the batch), then
+    minimises the clean loss plus --lambda times the loss on the FNAF-augmented inputs (plus
+    --recovery times the feature-recovery term). A checkpoint (<out>.ckpt) is written every
+    epoch; --resume continues from it. It is removed once the run has succeeded (unless
+    --keep-checkpoint). Validation attacks are stronger than the training's: fnaf-rs and
+    fnaf-pgd with --val-candidates (3x) and --val-steps (4x). The kept weights have the lowest
+    validation fnaf-pgd attack rate among epochs (and --interpolate blends) within
+    --ssim-tolerance and --nmse-tolerance of the starting model, measured on held-out `select`
+    slices; the before/after audit (the same attacks) then reports other held-out slices
+    (--val-data), never the ones the weights were chosen on.
     """
     import mri_audit
     from mri_audit.audit.api import AuditInterrupted
-    from mri_audit.cli import EXIT_INTERRUPTED, on_interrupt
+    from mri_audit.cli import on_interrupt
     from mri_audit.cli.run_impl import show_result
 
     opts = checked(HARDEN, opts)
@@ -45,7 +48,7 @@ def harden(**opts) -> None:
             on_stage=on_interrupt,
         )
     except AuditInterrupted:  # during the before/after audit: the card and checkpoint stay
-        sys.exit(EXIT_INTERRUPTED)
+        raise KeyboardInterrupt from None  # the group says what is left ("Interrupted: ...")
     if result.audit is not None:
         show_result(result.audit)
     if result.exit_code:

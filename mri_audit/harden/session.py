@@ -239,7 +239,7 @@ def run(
         best=summary["best"],
         seconds=elapsed,
     )
-    audit_args = (c, original, val, config, opened.loaded.name, command_line, on_stage)
+    audit_args = (c, original, val, config, opened.loaded.name, command_line)
     if not env.is_main:
         if report_out is None:
             return result
@@ -278,7 +278,7 @@ def _with(result: HardenResult, **changes) -> HardenResult:
     return replace(result, **changes)
 
 
-def before_after_audit(c, original, val, config, name, command_line, on_stage, *, progress):
+def before_after_audit(c, original, val, config, name, command_line, *, progress):
     """The before/after audit of the kept weights against the original, on the report data.
 
     Returns:
@@ -319,5 +319,7 @@ def before_after_audit(c, original, val, config, name, command_line, on_stage, *
         force=True,
         progress=progress,
         command_line=command_line,
-        on_stage=on_stage,
+        # Not the audit's own "records are saved" line: resuming means `harden --resume`,
+        # which runs the before/after audit again (on_stage said so before it began).
+        on_stage=None,
     )

@@ -33,11 +33,11 @@ def datasets(opts: Mapping[str, Any]):
     val_lim = {"max_slices": opts["max_slices"]}
     if opts["data"] is None:
         train = SyntheticDataset(split="train", **BUILTIN_TRAIN, **lim)
-        select = SyntheticDataset(split="select", **BUILTIN_SELECT)
+        select = SyntheticDataset(split="select", **BUILTIN_SELECT, **val_lim)
         report = (
             SliceDataset(opts["val_data"], **val_lim)
             if opts["val_data"] is not None
-            else SyntheticDataset(split="val", **BUILTIN_VAL)
+            else SyntheticDataset(split="val", **BUILTIN_VAL, **val_lim)
         )
         return train, select, report
     files = resolve_files(opts["data"])
