@@ -45,6 +45,8 @@ def _training(card: dict) -> str:
         else f"pgd {steps} steps from {cfg['candidates']}"
     )
     extra = f", recovery {cfg['recovery']:g}" if cfg.get("recovery") else ""
+    if cfg.get("recovery") and cfg.get("recovery_target") == "data":
+        extra += " (r ≥ r0)"
     if cfg.get("attack_fraction", 1.0) < 1:
         extra += f", {cfg['attack_fraction']:.0%} attacked"
     walks = cfg.get("feature_steps") or ["?", "?"]

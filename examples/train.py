@@ -355,7 +355,8 @@ def _inner_words(cfg: dict[str, Any]) -> str:
     if cfg.get("attack_fraction", 1.0) < 1:
         words += f" on {cfg['attack_fraction']:.0%} of each batch"
     if cfg.get("recovery"):
-        words += f", recovery term {cfg['recovery']:g}"
+        target = cfg.get("recovery_target", "feature")
+        words += f", recovery term {cfg['recovery']:g}" + (" (r >= r0)" if target == "data" else "")
     return words
 
 

@@ -56,6 +56,7 @@ def harden(
     candidates: int = 11,
     attack_fraction: float = 1.0,
     recovery: float = 0.0,
+    recovery_target: str = "feature",
     val_candidates: int | None = None,
     val_steps: int | None = None,
     loss: str = "l1",
@@ -97,9 +98,10 @@ def harden(
             make the masks.
         epochs, steps, lr, batch_size, lam, feature_steps_range, loss, amp: the training
             (``steps``: per epoch, None for one pass over the training slices).
-        inner_steps, candidates, attack_fraction, recovery: the inner maximisation
-            (``fnaf-pgd`` steps from the best of ``candidates`` random features; 0 steps: random
-            search only), the part of each batch attacked and the recovery term's weight.
+        inner_steps, candidates, attack_fraction, recovery, recovery_target: the inner
+            maximisation (``fnaf-pgd`` steps from the best of ``candidates`` random features;
+            0 steps: random search only), the part of each batch attacked, the recovery term's
+            weight and what it asks for (``feature``: all of it; ``data``: r >= r0 + margin/2).
         val_candidates, val_steps: the validation attacks' budget (``fnaf-rs`` and
             ``fnaf-pgd``; default 3x ``candidates`` and 4x ``inner_steps``, at least 33 and 32;
             a smaller one is refused). The before/after audit uses the same.

@@ -24,6 +24,7 @@ class HardenConfig:
     candidates: int = 11
     attack_fraction: float = 1.0  # part of each batch attacked
     recovery: float = 0.0  # weight of the feature-recovery term
+    recovery_target: str = "feature"  # "feature": r -> 1; "data": r >= r0 + margin/2
     loss: str = "l1"
     seed: int = 0
     amp: bool = False

@@ -11,7 +11,11 @@ outer loss
 
 where the second term (``recovery`` β, TRADES-like) compares what the reconstruction adds when
 the feature is there with what the feature adds to the ground truth: it is 0 when the model
-shows the whole feature (``r`` = 1) whatever its error elsewhere.
+shows the whole feature (``r`` = 1) whatever its error elsewhere. With ``recovery_target``
+``data`` it is instead the hinge ``max(0, r₀ + δ/2 − r)`` on the criterion's own quantities
+(DESIGN §4): the model is asked to show what the undersampled data carries of the feature
+(``r₀``, from the zero-filled image) with half the erasure margin to spare, not the whole
+feature (which the data may not carry, and which it can only show by amplifying aliasing).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from mri_audit.fnaf.features import SliceContext, insert, paint
 from mri_audit.harden.config import HardenConfig
 from mri_audit.harden.losses import image_loss, pixel_loss
 from mri_audit.mri.metrics import fnaf_region
+from mri_audit.mri.operator import SamplingOperator
 
 __all__ = [
     "attacked_slices",
@@ -72,6 +77,7 @@ def training_attack_card(config: HardenConfig) -> dict:
         "attack_fraction": config.attack_fraction,
         "lambda": config.lam,
         "recovery": config.recovery,
+        "recovery_target": config.recovery_target,
     }
     return {**card, "steps": config.inner_steps} if config.inner_steps else card
 
@@ -127,6 +133,13 @@ def feature_loss(
     if config.recovery == 0:
         return fnaf, zero
     shown = recon - clean[si]
+    if config.recovery_target == "data":
+        # r against r0 (DESIGN §4): only what the model removes of what the data carries.
+        zf = SamplingOperator(crop=ctx.target_shape).magnitude(kspace * ctx.mask[si])
+        energy = d.square().sum((-2, -1)).clamp_min(1e-12)
+        r = (shown * d).sum((-2, -1)) / energy
+        r0 = ((zf - ctx.zero_filled[si]) * d).sum((-2, -1)) / energy
+        return fnaf, (r0.detach() + config.margin / 2 - r).clamp_min(0).mean()
     added = target - ctx.target[si]
     energy = (added.square() * region).sum((-2, -1)).clamp_min(1e-12)
     recovery = (((shown - added).square() * region).sum((-2, -1)) / energy).mean()

@@ -67,6 +67,7 @@ def _config(c: Mapping[str, Any]):
         candidates=c["candidates"],
         attack_fraction=c["attack_fraction"],
         recovery=c["recovery"],
+        recovery_target=c["recovery_target"],
         val_candidates=c["val_candidates"],
         val_steps=c["val_steps"],
         loss=c["loss"],

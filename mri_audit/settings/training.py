@@ -103,6 +103,15 @@ HARDEN: tuple[Setting, ...] = (
         "the reconstruction adds with the feature against what the feature adds to the truth.",
     ),
     Setting(
+        "recovery_target",
+        "choice",
+        default="feature",
+        choices=("feature", "data"),
+        help="What the recovery term asks the model to show: the whole feature (feature), or "
+        "what the undersampled data carries of it, r >= r0 + margin/2 (data: a hinge on the "
+        "erasure criterion's own quantities).",
+    ),
+    Setting(
         "val_candidates",
         "int",
         low=1,
