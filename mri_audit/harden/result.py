@@ -17,8 +17,10 @@ __all__ = ["HardenResult"]
 class HardenResult:
     """What a hardening run chose, on what figures, and the before/after audit.
 
-    Every validation entry is a dict with ``epoch``, ``ssim``, ``nmse``, ``psnr`` and
-    ``attack_rate`` (the ``fnaf-rs`` rate on the held-out ``select`` slices); an epoch's entry
+    Every validation entry is a dict with ``epoch``, ``ssim``, ``nmse``, ``psnr``, ``rs_rate``
+    and ``pgd_rate`` (the validation ``fnaf-rs`` and ``fnaf-pgd`` rates on the held-out
+    ``select`` slices, :mod:`mri_audit.harden.validation`) and ``attack_rate`` (the
+    ``fnaf-pgd`` rate, which the kept weights are chosen by); an epoch's entry
     also has ``train_loss`` and ``train_hits``, a blend's ``alpha``. These are the lines
     ``mri-audit harden`` prints and the card's ``summary``.
 
@@ -88,12 +90,12 @@ class HardenResult:
 
     @property
     def attack_rate_before(self) -> float:
-        """The starting weights' validation ``fnaf-rs`` attack rate (a fraction)."""
+        """The starting weights' validation ``fnaf-pgd`` attack rate (a fraction)."""
         return float(self.start["attack_rate"])
 
     @property
     def attack_rate_after(self) -> float:
-        """The kept weights' validation ``fnaf-rs`` attack rate (a fraction)."""
+        """The kept weights' validation ``fnaf-pgd`` attack rate (a fraction)."""
         return float(self.best["attack_rate"])
 
     @property

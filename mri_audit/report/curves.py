@@ -190,7 +190,7 @@ def budget_figure(results: dict, names: list[str]) -> str | None:
                 ax.set_xscale("symlog", base=2, linthresh=1)
             else:
                 ax.set_xscale("log", base=2)
-            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel(next(iter(curves.values()))["unit"])
             ax.set_ylabel("attack rate")
