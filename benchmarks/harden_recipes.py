@@ -67,19 +67,29 @@ def _rate(agg: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", action="append", required=True, metavar="NAME=WEIGHTS")
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        required=True,
+        metavar="NAME=WEIGHTS",
+        help="a hardened U-Net's weights, or NAME=SPEC=WEIGHTS for another model (a reference)",
+    )
     parser.add_argument("--candidates", type=int, default=33)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--out", default="recipes-audit")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    recipes = dict(r.split("=", 1) for r in args.recipe)
+    recipes, specs = {}, {}
+    for item in args.recipe:
+        name, rest = item.split("=", 1)
+        spec, _, weights = rest.rpartition("=")
+        recipes[name], specs[name] = weights, spec or UNET
     started = time.perf_counter()
     mri_audit.audit(
         UNET,
         weights=STANDARD,
         name="standard",
-        compare=[ModelEntry(UNET, name, weights) for name, weights in recipes.items()],
+        compare=[ModelEntry(specs[name], name, weights) for name, weights in recipes.items()],
         accel=4,
         attacks=("fnaf-rs", "fnaf-pgd"),
         candidates=args.candidates,
@@ -105,7 +115,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for name in ["standard", *recipes]:
-        card = _card(recipes.get(name, STANDARD)) if name != "standard" else {}
+        hardened = name in recipes and specs[name] == UNET
+        card = _card(recipes[name]) if hardened else {}
         aggs = results["attacks"][name]
         cm = results["clean"][name]
         minutes = f"{card['seconds'] / 60:.1f}" if card.get("seconds") else "–"
@@ -113,7 +124,7 @@ def main() -> None:
         p = ", ".join(
             f"{t['p_value']:.2g} ({t['b_only']}/{t['a_only']})" if t else "–" for t in tests
         )
-        training = "–" if name == "standard" else _training(card)
+        training = _training(card) if hardened else "–"
         print(
             f"| {name} | {training} | {minutes} | {cm['ssim']:.4f} | {cm['nmse']:.5f} | "
             f"{_rate(aggs['fnaf-rs'])} | {_rate(aggs['fnaf-pgd'])} | {p} |"
