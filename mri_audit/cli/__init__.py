@@ -23,6 +23,16 @@ _SAVED_KEY = "mri_audit.saved_on_interrupt"
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+def command_line() -> list[str]:
+    """This invocation as the user would type it again (``python -m mri_audit`` runs as
+    ``__main__.py``: recorded as ``mri-audit``)."""
+    import sys
+    from pathlib import Path
+
+    name = Path(sys.argv[0]).name
+    return ["mri-audit" if name == "__main__.py" else name, *sys.argv[1:]]
+
+
 def on_interrupt(saved: str) -> None:
     """Say what an interruption from now on leaves behind.
 

@@ -4,7 +4,6 @@ console (each validation, the kept weights, the before/after audit's table)."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -32,7 +31,7 @@ def harden(**opts) -> None:
     """
     import mri_audit
     from mri_audit.audit.api import AuditInterrupted
-    from mri_audit.cli import on_interrupt
+    from mri_audit.cli import command_line, on_interrupt
     from mri_audit.cli.run_impl import show_result
 
     opts = checked(HARDEN, opts)
@@ -42,7 +41,7 @@ def harden(**opts) -> None:
             kwargs.pop("model"),
             **kwargs,
             progress=True,
-            command_line=[Path(sys.argv[0]).name, *sys.argv[1:]],
+            command_line=command_line(),
             on_epoch=lambda entry: click.echo(epoch_line(entry)),
             on_trained=_trained,
             on_stage=on_interrupt,

@@ -7,7 +7,6 @@ until the command runs, so ``mri-audit --help`` stays fast.
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -274,6 +273,8 @@ def map_command(**opts) -> None:
     half contrast or better (mean r >= 0.5): the contrast-detail curve. Writes map.csv,
     results.json and report.html to --out. Without --data the built-in phantoms are used.
     """
+    from mri_audit.cli import command_line
+
     opts = checked(MAP, opts)
     opts["out"] = Path(opts["out"])
-    execute(opts, command_line=[Path(sys.argv[0]).name, *sys.argv[1:]])
+    execute(opts, command_line=command_line())

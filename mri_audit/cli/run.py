@@ -54,6 +54,7 @@ def run(**opts) -> None:
     Writes records.jsonl (as it goes), records.csv, results.json and report.html to --out.
     Without --data the built-in synthetic phantoms are used.
     """
+    from mri_audit.cli import command_line
     from mri_audit.cli.run_impl import execute
     from mri_audit.models.entries import model_entries
 
@@ -62,6 +63,6 @@ def run(**opts) -> None:
     opts["attacks"] = opts.pop("attack_list")
     opts["attack_options"] = _parse_attack_params(opts.pop("attack_params"), opts["attacks"])
     opts["out"] = Path(opts["out"])
-    code = execute(opts, command_line=[Path(sys.argv[0]).name, *sys.argv[1:]])
+    code = execute(opts, command_line=command_line())
     if code:
         sys.exit(code)
