@@ -330,7 +330,8 @@ def _kept_line(cfg: dict[str, Any], best: dict[str, Any]) -> str:
         what = f"the blend {1 - a:.2f} x starting weights + {a:.2f} x epoch {best['epoch']}"
     else:
         what = f"epoch {best['epoch']}"
-    return f"- kept {what}: the lowest validation `fnaf-rs` attack rate among {among} with {within}"
+    rate = "`fnaf-pgd`" if "pgd_rate" in best else "`fnaf-rs`"
+    return f"- kept {what}: the lowest validation {rate} attack rate among {among} with {within}"
 
 
 def _criterion_words(cfg: dict) -> str:
@@ -367,6 +368,17 @@ def _rates(entry: dict[str, Any]) -> str:
     return f"{entry['rs_rate']:.1%} | {entry['pgd_rate']:.1%}"
 
 
+def _command(card: dict[str, Any]) -> str:
+    """The card's command as typed (``python -m mri_audit`` once recorded itself as
+    ``__main__.py``; it is ``mri-audit``)."""
+    command = card.get("command", "mri-audit harden ...")
+    return (
+        "mri-audit" + command[len("__main__.py") :]
+        if command.startswith("__main__.py ")
+        else command
+    )
+
+
 def _harden_section(name: str, card: dict[str, Any]) -> str:
     """The README section of a ``mri-audit harden`` card (``<weights>.json`` beside the weights)."""
     cfg, summary = card["config"], card["summary"]
@@ -389,7 +401,7 @@ def _harden_section(name: str, card: dict[str, Any]) -> str:
         f"{cfg['feature_steps'][0]}-{cfg['feature_steps'][1]}, {_inner_words(cfg)}, "
         f"{cfg['loss']} loss, seed {cfg['seed']}, {card['seconds'] / 60:.1f} min",
         f"- validated with {attacks} ({_criterion_words(cfg)})",
-        f"- command: `{card.get('command', 'mri-audit harden ...')}`",
+        f"- command: `{_command(card)}`",
         _kept_line(cfg, best),
         "",
         f"| {_where(card, 'select_data', 'chosen on')} | SSIM | NMSE | fnaf-rs | fnaf-pgd |",
