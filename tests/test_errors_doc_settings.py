@@ -204,6 +204,11 @@ def _interpolate(tmp_path):
     return [_cli("harden", "--model", MODEL, "--out", "r.pt", "--interpolate", "-1")]
 
 
+@scenario("`harden --recovery-target` without `--recovery`")
+def _recovery_target(tmp_path):
+    return [_cli("harden", "--model", MODEL, "--out", "r.pt", "--recovery-target", "data")]
+
+
 @scenario("`harden` validating with an attack weaker than its training's")
 def _weak_validation(tmp_path):
     base = ("harden", "--model", MODEL, "--out", "r.pt")

@@ -24,6 +24,13 @@ from mri_audit.settings.spec import Setting
 
 __all__ = ["HARDEN"]
 
+
+def _with_recovery(v) -> str | None:
+    if v.get("recovery"):
+        return None
+    return "is what the recovery term asks for, but --recovery is 0 (no such term); set --recovery"
+
+
 HARDEN: tuple[Setting, ...] = (
     replace(MODEL_SETTINGS[0], required=True),
     *MODEL_SETTINGS[1:5],
@@ -110,6 +117,7 @@ HARDEN: tuple[Setting, ...] = (
         help="What the recovery term asks the model to show: the whole feature (feature), or "
         "what the undersampled data carries of it, r >= r0 + margin/2 (data: a hinge on the "
         "erasure criterion's own quantities).",
+        applies=_with_recovery,
     ),
     Setting(
         "val_candidates",
