@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mri_audit.fnaf.attack import AttackResult
-from mri_audit.fnaf.features import SliceContext, insert, paint
+from mri_audit.fnaf.features import SliceContext, insert, paint, prepare_context
 from mri_audit.harden.config import HardenConfig
 from mri_audit.harden.losses import image_loss, pixel_loss
 from mri_audit.mri.metrics import fnaf_region
@@ -34,11 +34,26 @@ from mri_audit.mri.operator import SamplingOperator
 
 __all__ = [
     "attacked_slices",
+    "batch_context",
     "criterion_kwargs",
     "feature_loss",
     "training_attack",
     "training_attack_card",
 ]
+
+
+def batch_context(batch, mask_for, config: HardenConfig) -> SliceContext:
+    """The :class:`SliceContext` of a batch of slices (already on its device), with the
+    run's window and each volume's data range; ``mask_for(volume, num_columns)`` masks it."""
+    return prepare_context(
+        batch.kspace,
+        target_shape=tuple(batch.target.shape[-2:]),
+        volumes=batch.volumes,
+        slices=batch.slices,
+        mask_for=mask_for,
+        window=config.window,
+        data_range=batch.max_values,
+    )
 
 
 def criterion_kwargs(config: HardenConfig) -> dict:

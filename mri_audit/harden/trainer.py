@@ -32,10 +32,14 @@ import torch
 from mri_audit.data.datasets import collate, valid_indices
 from mri_audit.files import atomic_write
 from mri_audit.fnaf.engine import FnafEngine
-from mri_audit.fnaf.features import prepare_context
 from mri_audit.harden.blending import blend_alphas, blend_weights
 from mri_audit.harden.config import HardenConfig, within_tolerance
-from mri_audit.harden.inner import attacked_slices, feature_loss, training_attack
+from mri_audit.harden.inner import (
+    attacked_slices,
+    batch_context,
+    feature_loss,
+    training_attack,
+)
 from mri_audit.harden.losses import LOSSES, image_loss
 from mri_audit.harden.validation import validate
 from mri_audit.models.estimator import Reconstructor
@@ -147,28 +151,17 @@ class Trainer:
         return mask_for
 
     # ------------------------------------------------------------------ one step
-    def _context(self, batch, mask_for):
-        return prepare_context(
-            batch.kspace,
-            target_shape=tuple(batch.target.shape[-2:]),
-            volumes=batch.volumes,
-            slices=batch.slices,
-            mask_for=mask_for,
-            window=self.config.window,
-            data_range=batch.max_values,
-        )
-
     def train_step(self, epoch: int, step: int) -> dict[str, float]:
         cfg = self.config
         samples = [self.train_set[i] for i in self._batch_indices(epoch, step)]
         mask_for = self._train_masks(epoch, step)
-        ctx = self._context(collate(samples).to(self.device), mask_for)
+        ctx = batch_context(collate(samples).to(self.device), mask_for, cfg)
         key = mix_seed(cfg.seed, 5, epoch, step)
         part = attacked_slices(len(samples), cfg.attack_fraction, key)
         sub = (
             ctx
             if len(part) == len(samples)
-            else self._context(collate([samples[i] for i in part]).to(self.device), mask_for)
+            else batch_context(collate([samples[i] for i in part]).to(self.device), mask_for, cfg)
         )
         seed = mix_seed(cfg.seed, 3, epoch, step) % (2**31)
         attack = training_attack(self.est, cfg, self.attack_classes, seed=seed)

@@ -13,9 +13,8 @@ import math
 
 from mri_audit.data.datasets import iter_batches, valid_indices
 from mri_audit.fnaf.engine import FnafEngine
-from mri_audit.fnaf.features import prepare_context
 from mri_audit.harden.config import HardenConfig
-from mri_audit.harden.inner import criterion_kwargs
+from mri_audit.harden.inner import batch_context, criterion_kwargs
 from mri_audit.mri.metrics import VolumeMetrics
 from mri_audit.mri.physics import volume_seed
 
@@ -45,15 +44,7 @@ def validate(estimator, val_set, config: HardenConfig, attack_classes: dict, mas
     per = max(1, math.ceil(2 * config.candidate_batch / config.val_candidates))
     for batch in iter_batches(val_set, per, valid_indices(val_set)):
         batch = batch.to(estimator.device)
-        ctx = prepare_context(
-            batch.kspace,
-            target_shape=tuple(batch.target.shape[-2:]),
-            volumes=batch.volumes,
-            slices=batch.slices,
-            mask_for=lambda v, n: mask_func(n, seed=volume_seed(v)),
-            window=config.window,
-            data_range=batch.max_values,
-        )
+        ctx = batch_context(batch, lambda v, n: mask_func(n, seed=volume_seed(v)), config)
         # One engine: fnaf-pgd reuses fnaf-rs's candidates (the same draws) instead of redoing them.
         engine = FnafEngine(estimator, batch_size=config.candidate_batch)
         with estimator.cropping(ctx.target_shape):  # volumes may differ in size
